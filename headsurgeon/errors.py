@@ -1,0 +1,40 @@
+"""The exceptions the CLI turns into one-line messages and exit codes.
+
+Every error a user can cause derives from :class:`HeadsurgeonError`; its ``str`` is
+already the one line to print (``recipe.yaml:12: train.lr: must be > 0``).
+"""
+from __future__ import annotations
+
+
+class HeadsurgeonError(Exception):
+    """Base class; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 field: str | None = None):
+        self.file, self.line, self.field, self.detail = file, line, field, message
+        prefix = ""
+        if file:
+            prefix = f"{file}:{line}: " if line else f"{file}: "
+        if field:
+            prefix += f"{field}: "
+        super().__init__(" ".join((prefix + message).split()))
+
+
+class ValidationError(HeadsurgeonError):
+    """Bad recipe, bad data file, bad arguments: the user's input is wrong (exit 2)."""
+
+    exit_code = 2
+
+
+class CheckpointError(HeadsurgeonError):
+    """A checkpoint or delta is missing, corrupt or does not belong to this base."""
+
+    exit_code = 2
+
+
+class RuntimeFailure(HeadsurgeonError):
+    """The input was fine but the work failed (disk full, remote job died, ...)."""
+
+    exit_code = 1

@@ -1,0 +1,87 @@
+"""Tiny random models of every supported architecture, for tests and benchmarks.
+
+``build_tiny(arch, out_dir)`` writes a complete local HF directory (config, safetensors,
+a small tokenizer) that ``transformers`` and headsurgeon load like a real checkpoint.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+TINY_ARCHS = ("llama", "mistral", "qwen2", "gemma3", "gpt2", "gpt_neox", "phi3")
+
+_COMMON = dict(vocab_size=256, max_position_embeddings=128)
+
+
+def tiny_config(arch: str):
+    import transformers as tf
+
+    if arch == "llama":
+        return tf.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                              num_attention_heads=4, num_key_value_heads=2, **_COMMON)
+    if arch == "mistral":
+        return tf.MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                num_attention_heads=4, num_key_value_heads=1, **_COMMON)
+    if arch == "qwen2":
+        return tf.Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                              num_attention_heads=4, num_key_value_heads=2, **_COMMON)
+    if arch == "gemma3":
+        return tf.Gemma3TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                   num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                                   sliding_window=16, layer_types=["sliding_attention",
+                                   "full_attention", "sliding_attention"], **_COMMON)
+    if arch == "gpt2":
+        return tf.GPT2Config(n_embd=32, n_layer=3, n_head=4, vocab_size=256, n_positions=128)
+    if arch == "gpt_neox":
+        return tf.GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                num_attention_heads=4, rotary_pct=0.5, **_COMMON)
+    if arch == "phi3":
+        return tf.Phi3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                             num_attention_heads=4, num_key_value_heads=2, pad_token_id=0,
+                             **_COMMON)
+    raise ValueError(f"no tiny config for {arch!r}; known: {', '.join(TINY_ARCHS)}")
+
+
+def _fix_special_ids(cfg):
+    cfg.eos_token_id, cfg.bos_token_id, cfg.pad_token_id = 0, 1, 2
+    return cfg
+
+
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer with no merges (256 byte tokens + specials) and a chat
+    template, so probes and dialogues work on tiny models without any download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok)
+    # Specials reuse existing ids so the vocabulary stays 256 wide.
+    fast.add_special_tokens({"eos_token": "\x00", "bos_token": "\x01", "pad_token": "\x02"})
+    fast.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}")
+    return fast
+
+
+def build_tiny(arch: str, out_dir: str | Path, *, seed: int = 0,
+               dtype: torch.dtype = torch.float32, max_shard_size: str | None = None) -> Path:
+    """Write a tiny random ``arch`` model (weights, config, tokenizer) to ``out_dir``."""
+    from transformers import AutoModelForCausalLM
+
+    out = Path(out_dir)
+    torch.manual_seed(seed)
+    cfg = _fix_special_ids(tiny_config(arch))
+    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    with torch.no_grad():  # random biases too, so bias handling is exercised
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.02)
+    kw = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(out, **kw)
+    tiny_tokenizer().save_pretrained(out)
+    return out

@@ -1,0 +1,1 @@
+"""headsurgeon's built-in plugins, registered through the ``headsurgeon`` entry points."""
