@@ -1,0 +1,157 @@
+"""The ``headsurgeon`` command: parse, call the Python API, print. No logic lives here.
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage or validation error. Errors are one line;
+``HEADSURGEON_DEBUG=1`` adds the traceback.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import HeadsurgeonError
+
+recipe_arg = click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except HeadsurgeonError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted; finished stages are kept, rerun to resume", 130)
+        except MemoryError:
+            _fail("out of memory", 1)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:  # anything unexpected: still one line, exit 1
+            _fail(f"internal error: {type(exc).__name__}: {exc}".splitlines()[0], 1)
+
+
+def _fail(message: str, code: int):
+    if os.environ.get("HEADSURGEON_DEBUG"):
+        traceback.print_exc()
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="headsurgeon")
+def cli():
+    """Locate the attention heads behind a behaviour, tune only them, ship a checkpoint."""
+
+
+@cli.command()
+@recipe_arg
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def validate(recipe, as_json):
+    """Load and check RECIPE, then print a short normalised summary."""
+    from . import api
+
+    summary = api.validate(recipe)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"{recipe}: ok")
+    for key, value in summary.items():
+        click.echo(f"  {key}: {json.dumps(value) if not isinstance(value, str) else value}")
+
+
+@cli.command()
+@recipe_arg
+@click.option("--out", type=click.Path(path_type=Path), help="heads.json path.")
+@click.option("--remote/--local", default=None, help="Run the locators on NDIF.")
+@click.option("--resume", is_flag=True, help="Collect finished remote jobs instead of resubmitting.")
+def locate(recipe, out, remote, resume):
+    """Score every head and write the ranking, heatmap and knockout curve."""
+    from . import api
+
+    path = api.locate(recipe, out=out, remote=remote, resume=resume)
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@recipe_arg
+@click.option("--out", type=click.Path(path_type=Path), help="delta.safetensors path.")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint.")
+def train(recipe, out, resume):
+    """Train only the selected heads' slices; write the delta artifact."""
+    from . import api
+
+    path = api.train(recipe, out=out, resume=resume)
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--base", help="Base model (directory, .gguf or alias).")
+@click.option("--delta", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+@click.option("--allow-pickle", is_flag=True,
+              help="Accept .bin/.pt bases (loaded with weights_only=True).")
+def apply(recipe, base, delta, out, force, allow_pickle):
+    """Merge trained head slices into a standalone safetensors checkpoint."""
+    from . import api
+
+    if recipe is None and not (base and delta and out):
+        raise click.UsageError("give RECIPE, or all of --base, --delta and --out")
+    path = api.apply(recipe, base=base, delta=delta, out=out, force=force,
+                     allow_pickle=allow_pickle)
+    click.echo(f"wrote {path}")
+
+
+@cli.command(name="eval")
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--model", "models", multiple=True,
+              help="Evaluate this model (directory/alias) instead of the recipe's run.")
+def eval_(recipe, models):
+    """Before/after sycophancy metrics, general ability and KL."""
+    from . import api
+
+    path = api.evaluate(recipe, models=list(models) or None)
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@recipe_arg
+@click.option("--force", is_flag=True, help="Redo stages even when their outputs are up to date.")
+def run(recipe, force):
+    """locate -> train -> apply -> eval -> report, under runs/NAME/."""
+    from . import api
+
+    path = api.run(recipe, force=force)
+    click.echo(f"report: {path}")
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--against", type=click.Path(path_type=Path), help="Base checkpoint to diff with.")
+@click.option("--json", "as_json", is_flag=True)
+def inspect(checkpoint, against, as_json):
+    """Which tensors of CHECKPOINT differ, and which heads' slices."""
+    from . import api
+
+    report, text = api.inspect(checkpoint, against=against)
+    click.echo(json.dumps(report, indent=2) if as_json else text)
+
+
+def main(argv=None):
+    from .plugins import add_plugin_commands
+
+    try:
+        add_plugin_commands(cli)
+    except HeadsurgeonError as exc:
+        _fail(str(exc), exc.exit_code)
+    cli.main(args=argv, prog_name="headsurgeon")
+
+
+if __name__ == "__main__":
+    main()
