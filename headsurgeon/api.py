@@ -7,6 +7,7 @@ resume and be tested alone: ``heads.json`` -> ``delta.safetensors`` -> ``model/`
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -20,11 +21,17 @@ def _recipe(recipe: Recipe | str | Path) -> Recipe:
     return recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
 
 
+def expand_source(source: str) -> str:
+    """Model sources may use ``$VARS`` and ``~`` (e.g. ``$MODELS/llama``)."""
+    return os.path.expanduser(os.path.expandvars(source))
+
+
 def model_config(recipe: Recipe) -> dict:
     from .models import resolve_model
 
     try:
-        resolved = resolve_model(recipe.model.source, allow_pickle=recipe.model.allow_pickle)
+        resolved = resolve_model(expand_source(recipe.model.source),
+                                 allow_pickle=recipe.model.allow_pickle)
     except ValidationError as exc:
         raise recipe.error("model.source", exc.detail) from None
     return json.loads((resolved.path / "config.json").read_text())

@@ -311,7 +311,7 @@ def recipe_from_data(data: Any, *, file: str = "<recipe>", lines: Lines | None =
     lines = lines or {}
     if not isinstance(data, dict):
         raise ValidationError("a recipe is a YAML mapping (model:, data:, train:, ...)",
-                              file=file, line=1)
+                              file=file, line=lines.get((), 1))
     try:
         recipe = Recipe.model_validate(data)
     except pydantic.ValidationError as exc:
