@@ -1,0 +1,105 @@
+"""``headsurgeon run``: locate -> train -> apply -> baselines -> eval -> report.
+
+Each stage writes its output atomically under the run directory and records a key (a
+hash of the recipe sections it depends on plus its upstream stage's key) in
+``pipeline.json``. A stage whose output exists with the same key is skipped, so a run
+interrupted anywhere (Ctrl-C, kill) resumes where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from .atomic import atomic_write_json
+from .recipe import PluginRef, Recipe
+
+STATE_FILE = "pipeline.json"
+
+
+def _hash(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _section(recipe: Recipe, *names: str) -> list:
+    return [recipe.model_dump(mode="json", by_alias=True).get(n) for n in names]
+
+
+def with_objective(recipe: Recipe, name: str) -> Recipe:
+    """A copy of ``recipe`` whose training objective is the baseline ``name``."""
+    train = recipe.train.model_copy(update={"objective": PluginRef(name=name)})
+    copy = recipe.model_copy(update={"train": train})
+    copy._path, copy._text, copy._lines = recipe._path, recipe._text, recipe._lines
+    return copy
+
+
+class Pipeline:
+    def __init__(self, recipe: Recipe, *, force: bool = False, log: Callable = print):
+        self.recipe, self.force, self.log = recipe, force, log
+        self.run_dir = recipe.run_dir()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.state_path = self.run_dir / STATE_FILE
+        self.state = {}
+        if self.state_path.exists():
+            try:
+                self.state = json.loads(self.state_path.read_text())
+            except (OSError, json.JSONDecodeError):
+                self.state = {}
+        self.timings: dict[str, float] = dict(self.state.get("_timings", {}))
+
+    def stage(self, name: str, key: str, output: Path, fn: Callable[[], object]) -> str:
+        if not self.force and self.state.get(name) == key and output.exists():
+            self.log(f"[{name}] up to date: {output}")
+            return key
+        self.log(f"[{name}] running -> {output}")
+        t0 = time.perf_counter()
+        fn()
+        self.timings[name] = round(time.perf_counter() - t0, 1)
+        self.state[name] = key
+        self.state["_timings"] = self.timings
+        atomic_write_json(self.state_path, self.state)
+        return key
+
+    def run(self) -> Path:
+        from . import api
+
+        r, d = self.recipe, self.run_dir
+        base_key = _hash(_section(r, "model", "templates"))
+        if r.heads is None:
+            loc_key = _hash(base_key, _section(r, "locate"), r.data.model_dump(mode="json"))
+            self.stage("locate", loc_key, d / "heads.json",
+                       lambda: api.locate(r, out=d / "heads.json"))
+        else:
+            loc_key = _hash(base_key, _section(r, "heads"))
+        train_key = _hash(loc_key, _section(r, "train", "data"))
+        self.stage("train", train_key, d / "delta.safetensors",
+                   lambda: api.train(r, out=d / "delta.safetensors"))
+        apply_key = _hash(train_key, _section(r, "apply"))
+        self.stage("apply", apply_key, d / "model",
+                   lambda: api.apply(r, delta=d / "delta.safetensors", out=d / "model",
+                                     force=True))
+        keys = [apply_key]
+        for name in r.eval.baselines:
+            bdir = d / "baselines" / name
+            br = with_objective(r, name)
+            k = self.stage(f"train:{name}", _hash(train_key, name), bdir / "delta.safetensors",
+                           lambda br=br, bdir=bdir: api.train(br, out=bdir / "delta.safetensors"))
+            k = self.stage(f"apply:{name}", _hash(k, "apply"), bdir / "model",
+                           lambda br=br, bdir=bdir: api.apply(
+                               br, delta=bdir / "delta.safetensors", out=bdir / "model",
+                               force=True))
+            keys.append(k)
+        eval_key = _hash(keys, _section(r, "eval", "data"))
+        self.stage("eval", eval_key, d / "metrics.json", lambda: api.evaluate(r))
+        from .report import write_report
+
+        report_key = _hash(eval_key, "report")
+        self.stage("report", report_key, d / "report.html",
+                   lambda: write_report(r, d, timings=self.timings))
+        return d / "report.md"
+
+
+def run_pipeline(recipe: Recipe, *, force: bool = False) -> Path:
+    return Pipeline(recipe, force=force).run()
