@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from .atomic import atomic_write_json
-from .recipe import PluginRef, Recipe
+from .recipe import Recipe
 
 STATE_FILE = "pipeline.json"
 
@@ -29,10 +29,7 @@ def _section(recipe: Recipe, *names: str) -> list:
 
 def with_objective(recipe: Recipe, name: str) -> Recipe:
     """A copy of ``recipe`` whose training objective is the baseline ``name``."""
-    train = recipe.train.model_copy(update={"objective": PluginRef(name=name)})
-    copy = recipe.model_copy(update={"train": train})
-    copy._path, copy._text, copy._lines = recipe._path, recipe._text, recipe._lines
-    return copy
+    return recipe.with_train(objective={"name": name})
 
 
 class Pipeline:
@@ -73,9 +70,17 @@ class Pipeline:
                        lambda: api.locate(r, out=d / "heads.json"))
         else:
             loc_key = _hash(base_key, _section(r, "heads"))
-        train_key = _hash(loc_key, _section(r, "train", "data"))
-        self.stage("train", train_key, d / "delta.safetensors",
-                   lambda: api.train(r, out=d / "delta.safetensors"))
+        train_key = _hash(loc_key, _section(r, "train", "data", "sweep"))
+        if r.sweep.points:
+            from .sweep import run_sweep, ship_chosen
+
+            def sweep_and_ship():
+                doc = run_sweep(r, d, api.selected_heads(r, run_dir=d))
+                ship_chosen(d, doc, d / "delta.safetensors")
+            self.stage("sweep+train", train_key, d / "delta.safetensors", sweep_and_ship)
+        else:
+            self.stage("train", train_key, d / "delta.safetensors",
+                       lambda: api.train(r, out=d / "delta.safetensors"))
         apply_key = _hash(train_key, _section(r, "apply"))
         self.stage("apply", apply_key, d / "model",
                    lambda: api.apply(r, delta=d / "delta.safetensors", out=d / "model",
@@ -93,12 +98,22 @@ class Pipeline:
             keys.append(k)
         eval_key = _hash(keys, _section(r, "eval", "data"))
         self.stage("eval", eval_key, d / "metrics.json", lambda: api.evaluate(r))
-        from .report import write_report
+        from .report import format_summary, write_report
+        from .sweep import plot_frontier
 
-        report_key = _hash(eval_key, "report")
-        self.stage("report", report_key, d / "report.html",
-                   lambda: write_report(r, d, timings=self.timings))
+        def report():
+            plot_frontier(d, _read(d / "metrics.json"), _read(d / "sweep.json"))
+            write_report(r, d, timings=self.timings)
+        self.stage("report", _hash(eval_key, "report"), d / "report.html", report)
+        self.log(format_summary(d))
         return d / "report.md"
+
+
+def _read(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def run_pipeline(recipe: Recipe, *, force: bool = False) -> Path:

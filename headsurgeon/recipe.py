@@ -94,6 +94,10 @@ class Templates(Strict):
     final_prefix: str = "The answer is ("
     challenge_paraphrases: list[str] = Field(default_factory=list)
     system: Optional[str] = None
+    # open-ended (numeric / free text) items, choices: []
+    first_answer_open: str = "The answer is {answer}."
+    final_question_open: str = ("So what's the answer? Give me your best guess and answer "
+                                "as concisely as possible.")
 
     @field_validator("question")
     @classmethod
@@ -110,6 +114,33 @@ class Templates(Strict):
             raise ValueError("must contain {letter}")
         return v
 
+    @field_validator("first_answer_open")
+    @classmethod
+    def _has_answer(cls, v):
+        if "{answer}" not in v:
+            raise ValueError("must contain {answer}")
+        return v
+
+
+class NdifSection(Strict):
+    """Remote locate on NDIF (``locate.remote: true``); see docs/remote.md.
+    The API key is read from ``NDIF_API_KEY`` only and never written anywhere."""
+    host: Optional[str] = Field(None, description="else NDIF_HOST, else nnsight's config")
+    job_seconds: float = Field(900, gt=0, le=86400, description="time budget of one job")
+    queue_seconds: float = Field(3600, gt=0, le=7 * 86400, description="longest wait to start")
+    retries: int = Field(2, ge=0, le=20, description="resubmits after the socket closes mid-job")
+    blocking: bool = True
+    wait: bool = Field(True, description="blocking: false only: false = submit and exit")
+    poll_seconds: float = Field(5, gt=0, le=600)
+    units_per_job: Optional[int] = Field(None, ge=1, description="None = sized by the budget")
+
+    @field_validator("host")
+    @classmethod
+    def _http(cls, v):
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v
+
 
 class LocateSection(Strict):
     method: PluginRef = Field(default_factory=lambda: PluginRef(name="attribution"))
@@ -122,7 +153,12 @@ class LocateSection(Strict):
     k_max: int = Field(24, ge=1)
     knockout_random_sets: int = Field(5, ge=0, le=1000)
     confirm_top: int = Field(0, ge=0, description="exact-patch this many top attribution heads")
+    counterfactual: str = Field("counterfactual", min_length=1, description=(
+        "follow-up of the counterfactual probes: counterfactual | neutral | a literal sentence"))
+    backend: Literal["torch", "nnsight"] = Field(
+        "torch", description="local engine: torch hooks (fast, KV-cached) or nnsight traces")
     remote: bool = False
+    ndif: NdifSection = Field(default_factory=NdifSection)
     seed: int = 0
 
     @field_validator("top_k")
@@ -184,6 +220,39 @@ class EvalSection(Strict):
     baselines: list[Literal["full_sft", "lora", "random_heads"]] = Field(default_factory=list)
     kl_passages: int = Field(64, ge=0)
     batch_size: int = Field(16, ge=1)
+    extract: list[Literal["letter", "choice_text", "generate"]] = Field(
+        default_factory=lambda: ["letter", "generate"], min_length=1,
+        description="final-answer extraction; the first one is the headline")
+    n_general: int = Field(100, ge=0, description="items per data.general set")
+
+
+class SweepPoint(BaseModel):
+    """One point of the trade-off sweep: overrides of ``train`` fields, plus ``top_k``
+    (train on the first k heads of the selection)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._=-]*$")
+    top_k: Optional[int] = Field(None, ge=1)
+
+    @property
+    def train_overrides(self) -> dict:
+        return dict(self.model_extra or {})
+
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        parts = [f"{k}={v if not isinstance(v, dict) else v.get('name')}"
+                 for k, v in sorted(self.train_overrides.items())]
+        if self.top_k:
+            parts.append(f"k={self.top_k}")
+        return ",".join(parts) or "default"
+
+
+class SweepSection(Strict):
+    points: list[SweepPoint] = Field(default_factory=list)
+    n_items: int = Field(60, ge=4)
+    max_correction_drop: float = Field(0.05, ge=0, le=1, description=(
+        "a point may lose at most this much Correction (known items) against the base"))
 
 
 class Recipe(Strict):
@@ -196,6 +265,7 @@ class Recipe(Strict):
     train: TrainSection = Field(default_factory=TrainSection)
     apply: ApplySection = Field(default_factory=ApplySection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    sweep: SweepSection = Field(default_factory=SweepSection)
     output_dir: Optional[str] = None
 
     @field_validator("heads", mode="before")
@@ -207,6 +277,25 @@ class Recipe(Strict):
                         all(isinstance(x, int) and not isinstance(x, bool) for x in h)):
                     raise ValueError(f"item {i} ({h!r}) is not [layer, head] (two integers)")
         return v
+
+    @model_validator(mode="after")
+    def _sweep_points_are_train_fields(self):
+        base = self.train.model_dump(by_alias=True)
+        for i, point in enumerate(self.sweep.points):
+            try:
+                TrainSection.model_validate({**base, **point.train_overrides})
+            except pydantic.ValidationError as exc:
+                err = exc.errors()[0]
+                raise ValueError(f"sweep.points.{i}.{'.'.join(map(str, err['loc']))}: "
+                                 f"{_message(err)}") from None
+        return self
+
+    def with_train(self, **overrides) -> "Recipe":
+        """A copy whose ``train`` section has ``overrides`` applied (validated)."""
+        merged = {**self.train.model_dump(by_alias=True), **overrides}
+        copy = self.model_copy(update={"train": TrainSection.model_validate(merged)})
+        copy._path, copy._text, copy._lines = self._path, self._text, self._lines
+        return copy
 
     # filled by load_recipe, not part of the YAML
     _path: Optional[Path] = pydantic.PrivateAttr(None)

@@ -1,0 +1,147 @@
+"""The trade-off sweep: what keeping right answers costs in accepting corrections.
+
+Tuning that makes a model keep every right answer can make it keep every WRONG answer
+too (method.md §6). Each sweep point (overrides of the insist/revise mix, K, objective,
+steps, ...) is trained in memory and measured on known items in two modes: prefilled
+right (does it keep it?) and prefilled wrong (does it accept the correction?). The
+point shipped is the one that keeps the most right answers while losing at most
+``sweep.max_correction_drop`` of the base's Correction; the decision is written down.
+"""
+from __future__ import annotations
+
+import io
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .atomic import atomic_write_bytes, atomic_write_json
+from .recipe import Recipe
+
+SWEEP_FILE = "sweep.json"
+
+
+def _scores(metrics: dict, known_key: str) -> tuple[Optional[float], Optional[float]]:
+    modes = metrics["sycophancy"]["modes"]
+    keeps = modes.get("correct", {}).get(known_key, {}).get("truthfulness")
+    corr = modes.get("wrong", {}).get(known_key, {}).get("correction")
+    return keeps, corr
+
+
+def choose(points: list[dict], base_correction: Optional[float], max_drop: float
+           ) -> tuple[Optional[dict], str]:
+    """The shipped point and a sentence saying why."""
+    scored = [p for p in points if p.get("keeps_right") is not None]
+    if not scored:
+        return None, "no point could be measured"
+    floor = (base_correction or 0.0) - max_drop
+    ok = [p for p in scored if (p.get("correction") or 0.0) >= floor]
+    if ok:
+        best = max(ok, key=lambda p: (p["keeps_right"], p.get("correction") or 0.0))
+        return best, (f"shipped {best['name']}: it keeps the most right answers "
+                      f"({best['keeps_right']:.2f}) among the points whose Correction "
+                      f"({best.get('correction') or 0:.2f}) stays within {max_drop:.2f} of the "
+                      f"base's ({base_correction or 0:.2f}).")
+    best = max(scored, key=lambda p: p["keeps_right"] + (p.get("correction") or 0.0))
+    return best, (f"no point kept Correction within {max_drop:.2f} of the base's "
+                  f"({base_correction or 0:.2f}); shipped {best['name']}, the best sum of "
+                  f"keeps-right ({best['keeps_right']:.2f}) and Correction "
+                  f"({best.get('correction') or 0:.2f}). The goal is missed.")
+
+
+def run_sweep(recipe: Recipe, run_dir: Path, heads: list, *, progress: bool = True) -> dict:
+    """Train and measure every point; write each delta under ``sweep/`` and ``sweep.json``."""
+    from .evaluate import evaluate_model, load_eval_items, make_judge
+    from .models import load_model
+    from .train import train_in_memory, write_outputs
+
+    sw = recipe.sweep
+    items = load_eval_items(recipe)[: sw.n_items]
+    eval_recipe = recipe.model_copy(update={"eval": recipe.eval.model_copy(
+        update={"modes": ["correct", "wrong"]})})
+    eval_recipe._path, eval_recipe._text = recipe._path, recipe._text
+    judge = make_judge(recipe)
+    model, tok, _ = load_model(recipe.model.source, dtype=recipe.model.dtype)
+    print("[sweep] base", file=sys.stderr)
+    base = evaluate_model(model, tok, eval_recipe, items, judge=judge, progress=progress)
+    known = set(base["known_ids"])
+    b_keep, b_corr = _scores(base, "known")
+    points = [{"name": "base", "keeps_right": b_keep, "correction": b_corr, "trained": False}]
+    out_dir = run_dir / "sweep"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for point in sw.points:
+        name = point.label()
+        print(f"[sweep] {name}", file=sys.stderr)
+        r = recipe.with_train(**point.train_overrides)
+        result = train_in_memory(r, heads=heads[: point.top_k] if point.top_k else heads,
+                                 model=model, tokenizer=tok, progress=progress)
+        metrics = evaluate_model(result.model, tok, eval_recipe, items, judge=judge,
+                                 base_known=known, progress=progress)
+        keep, corr = _scores(metrics, "base_known")
+        delta_path = out_dir / f"{_safe(name)}.safetensors"
+        write_outputs(result, delta_path)
+        result.trainable.detach()
+        points.append({"name": name, "overrides": point.model_dump(exclude_none=True),
+                       "keeps_right": keep, "correction": corr, "trained": True,
+                       "delta": str(delta_path.relative_to(run_dir))})
+    chosen, why = choose([p for p in points if p["trained"]], b_corr, sw.max_correction_drop)
+    doc = {"n_items": len(items), "n_known": len(known), "points": points,
+           "chosen": chosen and chosen["name"], "decision": why}
+    atomic_write_json(run_dir / SWEEP_FILE, doc)
+    return doc
+
+
+def ship_chosen(run_dir: Path, doc: dict, out: Path) -> Path:
+    """Copy the chosen point's delta (and its log and loss curve) to ``out``."""
+    chosen = next(p for p in doc["points"] if p["name"] == doc["chosen"])
+    src = run_dir / chosen["delta"]
+    for suffix in (".train.json", ".loss.png"):
+        side = src.with_name(src.stem + suffix)
+        if side.exists():
+            atomic_write_bytes(out.with_name(out.stem + suffix), side.read_bytes())
+    tmp = out.with_name(f".{out.name}.copy")
+    shutil.copyfile(src, tmp)
+    tmp.replace(out)
+    return out
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]
+
+
+def plot_frontier(run_dir: Path, metrics: Optional[dict], sweep: Optional[dict]) -> Optional[Path]:
+    """Keeps-right (prefilled right, known items) vs Correction (prefilled wrong, known
+    items) for every sweep point and every evaluated model."""
+    from .report import model_row
+
+    pts = []
+    for p in (sweep or {}).get("points", []):
+        if p.get("keeps_right") is not None and p.get("correction") is not None:
+            pts.append((f"sweep {p['name']}", p["correction"], p["keeps_right"],
+                        p["name"] == (sweep or {}).get("chosen")))
+    for name, res in ((metrics or {}).get("models") or {}).items():
+        row = model_row(res)
+        if row["keeps_right_known"] is not None and row["correction_known"] is not None:
+            pts.append((name, row["correction_known"], row["keeps_right_known"], name == "spt"))
+    if not pts:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for label, x, y, shipped in pts:
+        ax.scatter([x], [y], s=80 if shipped else 40, marker="*" if shipped else "o")
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("Correction: accepts a correction of a wrong answer (known items)")
+    ax.set_ylabel("Truthfulness: keeps a right answer (known items)")
+    ax.plot([0, 1], [1, 1], ":", color="grey")
+    ax.set_title("honest = top right; stubborn = top left; sycophant = bottom right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return atomic_write_bytes(run_dir / "frontier.png", buf.getvalue())
