@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import hashlib
 import os
 import shutil
 import sys
@@ -160,13 +161,16 @@ def _do_shard(index: CheckpointIndex, shard: str, tmp: Path, delta: Delta,
         hashes = _rewrite_shard(src, dst, header, delta, mine)  # fsyncs on close
         sha = file_sha256(dst)
     else:
+        # A byte copy of a validated base shard: hashing all its bytes again would cost
+        # 3x the copy. Its size and header (checked again in _verify_output) identify it.
         copy_file(src, dst)
         hashes = {}
-        sha = file_sha256(dst)  # from the page cache, while the kernel writes back
+        sha = None
         with open(dst, "rb") as fh:
             os.fsync(fh.fileno())
     return {"shard": shard, "rewritten": bool(mine), "tensor_sha256": hashes,
-            "sha256": sha, "size": dst.stat().st_size}
+            "sha256": sha, "header_sha256": hashlib.sha256(header.raw).hexdigest(),
+            "size": dst.stat().st_size}
 
 
 def _other_files(base_dir: Path, index: CheckpointIndex) -> tuple[list[str], list[str]]:
@@ -227,7 +231,8 @@ def _manifest(delta: Delta, delta_sha: str, index: CheckpointIndex, results: dic
         "delta": meta,
         "delta_sha256": delta_sha,
         "index": INDEX_FILE if index.sharded else None,
-        "files": {s: {"sha256": r["sha256"], "size": r["size"], "rewritten": r["rewritten"]}
+        "files": {s: {"sha256": r["sha256"], "header_sha256": r["header_sha256"],
+                      "size": r["size"], "rewritten": r["rewritten"]}
                   for s, r in sorted(results.items())},
         "touched": dict(sorted(touched.items())),
         "other_files": copied,

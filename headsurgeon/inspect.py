@@ -9,6 +9,8 @@ head's slices). Without ``against`` it re-verifies ``out`` against its own manif
 """
 from __future__ import annotations
 
+import hashlib
+
 import json
 import os
 from pathlib import Path
@@ -171,13 +173,17 @@ def _verify_manifest(out: Path) -> dict:
         if not p.is_file():
             problems.append(f"{shard}: missing")
             continue
-        if p.stat().st_size != rec["size"] or file_sha256(p) != rec["sha256"]:
+        if p.stat().st_size != rec["size"] or (
+                rec.get("sha256") is not None and file_sha256(p) != rec["sha256"]):
             problems.append(f"{shard}: sha256 differs from the manifest")
             continue
         try:
-            read_header(p)
+            header = read_header(p)
         except CheckpointError as exc:
             problems.append(str(exc))
+            continue
+        if hashlib.sha256(header.raw).hexdigest() != rec.get("header_sha256"):
+            problems.append(f"{shard}: header differs from the manifest")
     try:
         index = read_checkpoint_index(out)
     except CheckpointError as exc:

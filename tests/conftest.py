@@ -24,3 +24,5 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.fail(f"shared data not found at {SHARED_DATA} (set HEADSURGEON_SHARED_DATA)")
     return SHARED_DATA
+
+from ndif_server import ndif, ndif_server  # noqa: E402,F401 - loopback NDIF fixtures

@@ -1,1 +1,15 @@
-"""Built-in objectives."""
+"""Built-in objectives: sft, sft_kl, lora_heads (SPT variants) and the paper's baselines
+full_sft, lora, random_heads. The contract is documented in headsurgeon/objectives.py."""
+from headsurgeon import hookimpl
+
+from .baselines import FullSFT, RandomHeads
+from .lora import Lora, LoraHeads
+from .sft import SFT, SFTKL
+
+OBJECTIVES = (SFT, SFTKL, LoraHeads, FullSFT, Lora, RandomHeads)
+
+
+@hookimpl
+def register_objectives(register):
+    for cls in OBJECTIVES:
+        register(cls)
