@@ -72,7 +72,10 @@ def selected_heads(recipe: Recipe, hm=None, *, run_dir: Optional[Path] = None
     if isinstance(heads, list):
         chosen, field = heads, "heads"
     elif heads is not None:
-        chosen, field = load_heads_file(heads.from_), "heads.from"
+        try:
+            chosen, field = load_heads_file(heads.from_), "heads.from"
+        except ValidationError as exc:
+            raise recipe.error("heads.from", f"{heads.from_}: {exc.detail}") from None
     else:
         chosen, field = load_heads_file((run_dir or recipe.run_dir()) / "heads.json"), "heads"
     if not chosen:

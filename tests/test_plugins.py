@@ -71,7 +71,7 @@ def test_inline_plugin_through_cli(inline_plugin, tmp_path, tiny_dirs):
     bad = runner.invoke(cli, ["validate", str(_recipe(tmp_path, tiny_dirs, 0))])
     assert bad.exit_code == 2
     assert bad.stderr.strip().endswith(
-        ":6: data.locate.0.count: Input should be greater than or equal to 1")
+        ":5: data.locate.0.count: Input should be greater than or equal to 1")
     out = runner.invoke(cli, ["count-questions", "9"])
     assert out.exit_code == 0 and out.stdout.strip() == "9 questions, 5 even"
 

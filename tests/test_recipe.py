@@ -51,7 +51,7 @@ def test_non_utf8_recipe(tmp_path):
     p.write_bytes(b"model:\n  source: \xff\xfe\n")
     result = CliRunner().invoke(cli, ["validate", str(p)])
     assert result.exit_code == 2
-    assert result.stderr.strip() == f"error: {p}: not UTF-8 (byte 16)"
+    assert result.stderr.strip() == f"error: {p}: not UTF-8 (byte 17)"
 
 
 def test_missing_recipe_file(tmp_path):
