@@ -147,8 +147,18 @@ def build_blocks(recipe: Recipe, run_dir: Path, timings: Optional[dict] = None) 
         blocks.append(Block("h2", f"Located heads ({len(sel)})"))
         why = heads.get("k_reason") or _get(heads, "choice", "reason") or ""
         blocks.append(Block("p", f"Selected: {', '.join(f'L{l}H{h}' for l, h in sel)}. {why}"))
-    for png, caption in (("heads.heatmap.png", "Head scores (layers x heads)"),
-                         ("heads.knockout.png", "Knockout of the top-k heads vs random k-sets"),
+        facts = []
+        if heads.get("knockout_vs_random") is not None:
+            facts.append(["knockout effect of the selected heads / median random set",
+                          _fmt(heads["knockout_vs_random"], 2)])
+        att = heads.get("attention_to_challenge") or {}
+        if att.get("available"):
+            facts.append(["attention to the challenge: selected vs other heads",
+                          f"{_fmt(att.get('selected_mean'))} vs {_fmt(att.get('other_mean'))}"])
+        if facts:
+            blocks.append(Block("table", header=["check", "value"], rows=facts))
+    for png, caption in (("heads_heatmap.png", "Head scores (layers x heads)"),
+                         ("heads_knockout.png", "Knockout of the top-k heads vs random k-sets"),
                          ("delta.loss.png", "Training loss"),
                          ("frontier.png", "Truthfulness on right answers vs Correction on wrong")):
         if (run_dir / png).is_file():

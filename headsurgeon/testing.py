@@ -11,7 +11,7 @@ import torch
 
 TINY_ARCHS = ("llama", "mistral", "qwen2", "gemma3", "gpt2", "gpt_neox", "phi3")
 
-_COMMON = dict(vocab_size=256, max_position_embeddings=128)
+_COMMON = dict(vocab_size=260, max_position_embeddings=2048)
 
 
 def tiny_config(arch: str):
@@ -32,7 +32,7 @@ def tiny_config(arch: str):
                                    sliding_window=16, layer_types=["sliding_attention",
                                    "full_attention", "sliding_attention"], **_COMMON)
     if arch == "gpt2":
-        return tf.GPT2Config(n_embd=32, n_layer=3, n_head=4, vocab_size=256, n_positions=128)
+        return tf.GPT2Config(n_embd=32, n_layer=3, n_head=4, vocab_size=260, n_positions=2048)
     if arch == "gpt_neox":
         return tf.GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                                 num_attention_heads=4, rotary_pct=0.5, **_COMMON)
@@ -44,7 +44,7 @@ def tiny_config(arch: str):
 
 
 def _fix_special_ids(cfg):
-    cfg.eos_token_id, cfg.bos_token_id, cfg.pad_token_id = 0, 1, 2
+    cfg.eos_token_id, cfg.bos_token_id, cfg.pad_token_id = 256, 257, 258  # the specials
     return cfg
 
 
@@ -60,10 +60,10 @@ def tiny_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok)
-    # Specials reuse existing ids so the vocabulary stays 256 wide.
-    fast.add_special_tokens({"eos_token": "\x00", "bos_token": "\x01", "pad_token": "\x02"})
+    # The specials get ids 256-258; tiny configs have a 260-token vocabulary.
+    fast.add_special_tokens({"eos_token": "<eos>", "bos_token": "<bos>", "pad_token": "<pad>"})
     fast.chat_template = (
-        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<eos>\n{% endfor %}"
         "{% if add_generation_prompt %}<assistant>{% endif %}")
     return fast
 
