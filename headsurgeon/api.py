@@ -33,7 +33,7 @@ def model_config(recipe: Recipe) -> dict:
         if recipe.locate.remote:  # NDIF: config and tokenizer only, no local weights
             from .remote import config_dir
 
-            path = config_dir(recipe.model.remote_id or recipe.model.source)
+            path = config_dir(recipe.model.source)
         else:
             path = resolve_model(expand_source(recipe.model.source),
                                  allow_pickle=recipe.model.allow_pickle).path

@@ -86,6 +86,13 @@ class TrainDialogue:
     target_letter: str
     messages: tuple           # chat messages (dicts)
     loss_turns: tuple         # message indices whose content is trained
+    challenge_turn: int = 2   # index of the challenge message
+    letters: str = "ABCD"     # the question's option letters
+
+    def context(self, followup: str) -> list[dict]:
+        """The messages up to the first answer, then the user's ``followup``."""
+        return list(self.messages[:self.challenge_turn]) + [{"role": "user",
+                                                             "content": followup}]
 
 
 def challenges(t: Templates) -> list[str]:
@@ -110,6 +117,7 @@ def make_dialogue(q: Question, t: Templates, kind: str, first_letter: str, *, ch
     msgs.append({"role": "user", "content": format_question(q, t)})
     msgs.append({"role": "assistant", "content": t.first_answer.format(letter=first_letter)})
     msgs.append({"role": "user", "content": challenge})
+    challenge_turn = len(msgs) - 1
     msgs.append({"role": "assistant", "content": reply})
     turns = [len(msgs) - 1] if "reply" in loss_on else []
     if final_turn:
@@ -119,7 +127,8 @@ def make_dialogue(q: Question, t: Templates, kind: str, first_letter: str, *, ch
             turns.append(len(msgs) - 1)
     if not turns:
         raise ValueError("no assistant turn carries loss (train.loss_on)")
-    return TrainDialogue(q.id, kind, first_letter, target, tuple(msgs), tuple(turns))
+    return TrainDialogue(q.id, kind, first_letter, target, tuple(msgs), tuple(turns),
+                         challenge_turn, q.letters)
 
 
 Pool = list[tuple[Question, Optional[str]]]

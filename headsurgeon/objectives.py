@@ -7,7 +7,11 @@ An objective is a class registered under ``objectives`` with
 - ``trainable(ctx, params) -> Trainable``: which parameters train, as delta tensors or
   (baselines) whole weights -- see :mod:`headsurgeon.trainable`;
 - ``loss(ctx, model, trainable, batch, params) -> (loss, {name: float})``: the scalar to
-  minimise on one micro-batch; ``model`` is the (possibly accelerate-wrapped) forward.
+  minimise on one micro-batch; ``model`` is the (possibly accelerate-wrapped) forward;
+- optionally ``collate(ctx, params, dialogues) -> batch``: build the micro-batch from
+  :class:`~headsurgeon.dialogues.TrainDialogue` objects itself (any object with ``.to``,
+  ``.step`` and ``.micro``); without it the batch is a :class:`TrainBatch` of the
+  tokenized dialogues with labels on the recipe's ``loss_on`` turns.
 
 Every registered objective must pass ``tests/test_objectives_contract.py``: after
 training, the model outside the delta's declared slices is bit-identical to the base,
@@ -52,6 +56,7 @@ class ObjectiveContext:
     checkpoint_names: set                 # tensor names stored in the base checkpoint
     neutral_texts: Callable[[], list[str]] = field(default=lambda: [])
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    templates: object = None              # recipe.templates (dialogue wording)
     _neutral_cache: Optional[list] = None
 
     def neutral(self) -> list[str]:

@@ -177,13 +177,13 @@ def build_training_data(plan: Plan, model, tokenizer, *, progress: bool = True):
             "revise": sum(d.kind == "revise" for d in dialogues),
             "model_first_correct": (None if letters is None else
                                     sum(letters[q.id] == q.answer for q in plan.questions))}
-    pairs = tokenize_all(tokenizer, dialogues)
+    pairs = tokenize_all(tokenizer, dialogues)  # also checks every dialogue tokenizes
     limit = getattr(model.config, "n_positions", None)  # learned absolute positions
     longest = max(len(ids) for ids, _ in pairs)
     if limit and longest > limit:
         raise recipe.error("data.train", f"a training dialogue is {longest} tokens, more "
                                          f"than the model's {limit} positions")
-    return pairs, info
+    return dialogues, pairs, info
 
 
 def run_training(plan: Plan, *, model=None, tokenizer=None, ckpts: Optional[Checkpoints] = None,
@@ -201,14 +201,15 @@ def run_training(plan: Plan, *, model=None, tokenizer=None, ckpts: Optional[Chec
                                          attn_implementation="sdpa")  # eager is slower
     model.to(acc.device)
     torch.manual_seed(t.seed)
-    pairs, data_info = build_training_data(plan, model, tokenizer,
-                                           progress=progress and acc.is_main_process)
+    dialogues, pairs, data_info = build_training_data(
+        plan, model, tokenizer, progress=progress and acc.is_main_process)
     from .heads import HeadMap
 
     plan.hm = HeadMap.from_model(model)  # knows which bias tensors exist
     ctx = ObjectiveContext(model, tokenizer, plan.hm, [list(h) for h in plan.heads], plan.kv,
                            t.seed, set(read_checkpoint_index(plan.resolved.path)),
-                           neutral_texts=lambda: plan.neutral, device=acc.device)
+                           neutral_texts=lambda: plan.neutral, device=acc.device,
+                           templates=recipe.templates)
     obj = plan.objective()
     trainable = obj.trainable(ctx, plan.params)
     optimizer = torch.optim.AdamW(trainable.parameters(), lr=t.lr, betas=tuple(t.betas),
@@ -236,7 +237,10 @@ def run_training(plan: Plan, *, model=None, tokenizer=None, ckpts: Optional[Chec
         for micro in range(t.grad_accum):
             idx = batch_indices(step, micro, t, len(pairs), t.seed)
             with acc.split_between_processes(idx) as mine:
-                batch = right_pad([pairs[i] for i in mine], pad)
+                if hasattr(obj, "collate"):  # objectives with inputs of their own
+                    batch = obj.collate(ctx, plan.params, [dialogues[i] for i in mine])
+                else:
+                    batch = right_pad([pairs[i] for i in mine], pad)
             batch.step, batch.micro = step, micro
             with acc.accumulate(fwd_model):
                 loss, parts = obj.loss(ctx, fwd_model, trainable, batch.to(acc.device),

@@ -150,7 +150,7 @@ def test_local_dir_source(tiny_dir, hs_cache):
     model, tok, _ = load_model(str(tiny_dir))
     ref = AutoModelForCausalLM.from_pretrained(tiny_dir, attn_implementation="eager").eval()
     assert torch.equal(_logits(model, IDS), _logits(ref, IDS))
-    assert tok.padding_side == "left" and tok.pad_token == "\x02"
+    assert tok.padding_side == "left" and tok.pad_token == "<pad>"
     batch = tok(["a", "abcd"], padding=True, return_tensors="pt")
     assert batch.attention_mask[0].tolist() == [0, 0, 0, 1]  # left padding
     # attentions are available (the sdpa default would silently return none)
@@ -170,7 +170,7 @@ def test_pad_token_defaults_to_eos(tiny_dir, tmp_path):
     tc.pop("pad_token")
     (d / "tokenizer_config.json").write_text(json.dumps(tc))
     _, tok, _ = load_model(str(d))
-    assert tok.pad_token == tok.eos_token == "\x00"
+    assert tok.pad_token == tok.eos_token == "<eos>"
 
 
 def _fake_hub(root: Path, repo: str, src: Path, rev: str = "a" * 40) -> Path:

@@ -37,7 +37,8 @@ def test_remote_heads_json_equals_local(ndif, shared_data, tmp_path, monkeypatch
     monkeypatch.setenv("NDIF_API_KEY", secret)
     recipe = tiny_recipe(tmp_path / "r.yaml", ndif.tiny_dir, shared_data)
     local_out, remote_out = tmp_path / "local" / "heads.json", tmp_path / "remote" / "heads.json"
-    assert locate_cli(recipe, "--local", "--out", local_out)[0] == 0
+    code, err = locate_cli(recipe, "--local", "--out", local_out)
+    assert code == 0, err
     served = ndif.served()
     code, err = locate_cli(recipe, "--out", remote_out)  # locate.remote: true
     assert code == 0, err

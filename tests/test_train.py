@@ -126,3 +126,44 @@ def test_model_first_answers_and_known_items(make):
     assert info["model_first_correct"] is not None
     assert info["insist_pool"] == info["model_first_correct"]
     assert info["insist_pool"] + info["revise_pool"] == info["questions"] == 24
+
+
+def test_consistency_pulls_challenge_towards_neutral(make):
+    """The consistency objective's loss is KL(base after neutral || tuned after challenge):
+    zero at the start, and a perturbed edit is pulled back towards it by training."""
+    from headsurgeon import plugins
+    from headsurgeon.dialogues import build_dialogues, build_pools
+    from headsurgeon.heads import HeadMap
+    from headsurgeon.models import load_model
+    from headsurgeon.objectives import ObjectiveContext
+    from headsurgeon.questions import read_jsonl
+
+    recipe = make()
+    model, tok, _ = load_model(recipe.model.source)
+    hm = HeadMap.from_model(model)
+    ctx = ObjectiveContext(model, tok, hm, [[0, 1], [2, 3]], "freeze", 0, set(),
+                           templates=recipe.templates)
+    obj = plugins.get("objectives", "consistency")()
+    params = obj.Params(ce_weight=0.0)
+    trainable = obj.trainable(ctx, params)
+    qs = read_jsonl(recipe.data.train[0].params["path"])
+    ds = build_dialogues(*build_pools(qs, "prefilled"), recipe.templates, n=8,
+                         revise_ratio=0.5, seed=0)
+    batch = obj.collate(ctx, params, ds)
+    with torch.no_grad():
+        for p in trainable.parameters():
+            p.normal_(0, 0.5)
+    opt = torch.optim.Adam(trainable.parameters(), lr=0.02)
+    losses = []
+    for _ in range(10):
+        loss, parts = obj.loss(ctx, model, trainable, batch, params)
+        losses.append(parts["kl"])
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert losses[0] > 0 and losses[-1] < 0.5 * losses[0], losses
+    with torch.no_grad():  # with the edit off, student == base: only the challenge differs
+        for p in trainable.parameters():
+            p.zero_()
+        batch.challenge = batch.neutral
+        assert obj.loss(ctx, model, trainable, batch, params)[1]["kl"] < 1e-6

@@ -22,7 +22,7 @@ def write_questions(path: Path, n: int, prefix: str = "q", offset: int = 0) -> P
 
 
 def recipe_text(model_dir: Path, train_file: Path, *, heads="[[0, 1], [2, 3]]", extra_train="",
-                extra_data="", out_dir: Path | None = None, steps: int = 4) -> str:
+                extra_data="", out_dir: Path | None = None, steps: int = 4, lr: float = 0.01) -> str:
     lines = [
         "name: t",
         f"model: {{source: {model_dir}}}",
@@ -33,7 +33,7 @@ def recipe_text(model_dir: Path, train_file: Path, *, heads="[[0, 1], [2, 3]]", 
         lines.append(extra_data)
     if heads is not None:
         lines.append(f"heads: {heads}")
-    lines += ["train:", f"  steps: {steps}", "  batch_size: 4", "  n_examples: 12", "  lr: 0.01",
+    lines += ["train:", f"  steps: {steps}", "  batch_size: 4", "  n_examples: 12", f"  lr: {lr}",
               "  weight_decay: 0.1"]
     if extra_train:
         lines += ["  " + x for x in extra_train.strip().splitlines()]

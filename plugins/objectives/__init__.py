@@ -1,12 +1,13 @@
-"""Built-in objectives: sft, sft_kl, lora_heads (SPT variants) and the paper's baselines
-full_sft, lora, random_heads. The contract is documented in headsurgeon/objectives.py."""
+"""Built-in objectives: sft, sft_kl, lora_heads, consistency (SPT variants) and the paper's
+baselines full_sft, lora, random_heads. The contract: headsurgeon/objectives.py."""
 from headsurgeon import hookimpl
 
 from .baselines import FullSFT, RandomHeads
+from .consistency import Consistency
 from .lora import Lora, LoraHeads
 from .sft import SFT, SFTKL
 
-OBJECTIVES = (SFT, SFTKL, LoraHeads, FullSFT, Lora, RandomHeads)
+OBJECTIVES = (SFT, SFTKL, LoraHeads, Consistency, FullSFT, Lora, RandomHeads)
 
 
 @hookimpl

@@ -1,0 +1,110 @@
+"""``consistency``: answer under the challenge as the base model does without one.
+
+Teacher: the frozen base model's distribution over the option letters after the NEUTRAL
+follow-up (``templates.neutral``) and ``templates.final_prefix`` ("The answer is (");
+student: the tuned model's after the dialogue's CHALLENGE. Loss: KL(teacher || student)
+over the question's letters, plus ``ce_weight`` x cross-entropy on the dialogues' chosen
+assistant turns (gold answers) when wanted.
+
+Why: with a small model that barely knows the answers, gold "insist"/"revise" targets
+mostly teach it to copy (or to flip) the prefilled letter; the base model's own
+unchallenged behaviour is a target that holds the right answers as firmly as it does
+unchallenged, and no more firmly than that (method.md §6).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from headsurgeon.objectives import TrainBatch, lm_loss, right_pad, safe_pad_id
+from headsurgeon.probes import encode, left_pad, letter_token_ids, render
+from headsurgeon.trainable import slice_trainable
+
+
+@dataclass
+class PairBatch:
+    challenge: tuple          # (input_ids, attention_mask), left-padded
+    neutral: tuple
+    letter_ids: list          # per row: token ids of the question's letters
+    keys: list                # per row: cache key of the teacher distribution
+    sft: Optional[TrainBatch] = None
+    step: int = 0
+    micro: int = 0
+
+    def to(self, device) -> "PairBatch":
+        mv = lambda pair: tuple(t.to(device) for t in pair)  # noqa: E731
+        return PairBatch(mv(self.challenge), mv(self.neutral), self.letter_ids, self.keys,
+                         self.sft.to(device) if self.sft is not None else None, self.step,
+                         self.micro)
+
+
+def last_logits(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: count real tokens only
+    return model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                 logits_to_keep=1).logits[:, -1].float()
+
+
+class Consistency:
+    name = "consistency"
+    needs_heads = True
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        kl_weight: float = Field(1.0, ge=0)
+        ce_weight: float = Field(0.0, ge=0, description="weight of the gold-answer SFT loss")
+
+    def __init__(self):
+        self._teacher: dict = {}  # the base never changes: its letter distributions cache
+
+    def trainable(self, ctx, params):
+        return slice_trainable(ctx.model, ctx.hm, ctx.heads, ctx.kv, seed=ctx.seed)
+
+    def collate(self, ctx, params, dialogues):
+        tok, t = ctx.tokenizer, ctx.templates
+        pad = safe_pad_id(tok, ctx.model)
+
+        def side(followup_of):
+            seqs = [encode(tok, render(tok, d.context(followup_of(d)), t.final_prefix))
+                    for d in dialogues]
+            b = left_pad(seqs, pad)
+            return b.input_ids, b.attention_mask
+
+        sft = None
+        if params.ce_weight > 0:
+            from headsurgeon.dialogues import tokenize_all
+            sft = right_pad(tokenize_all(tok, dialogues), pad)
+        return PairBatch(side(lambda d: d.messages[d.challenge_turn]["content"]),
+                         side(lambda d: t.neutral),
+                         [letter_token_ids(tok, d.letters) for d in dialogues],
+                         [(d.qid, d.first_letter) for d in dialogues], sft)
+
+    def _teacher_logp(self, model, trainable, batch: PairBatch) -> list[torch.Tensor]:
+        missing = [i for i, k in enumerate(batch.keys) if k not in self._teacher]
+        if missing:
+            with torch.no_grad(), trainable.base():
+                ids, mask = batch.neutral
+                logits = last_logits(model, ids[missing], mask[missing])
+            for row, i in zip(logits, missing):
+                self._teacher[batch.keys[i]] = F.log_softmax(
+                    row[batch.letter_ids[i]], -1).cpu()
+        return [self._teacher[k] for k in batch.keys]
+
+    def loss(self, ctx, model, trainable, batch: PairBatch, params):
+        teacher = self._teacher_logp(model, trainable, batch)
+        logits = last_logits(model, *batch.challenge)
+        kls = []
+        for row, ids, t_logp in zip(logits, batch.letter_ids, teacher):
+            s_logp = F.log_softmax(row[ids], -1)
+            t_logp = t_logp.to(s_logp.device)
+            kls.append((t_logp.exp() * (t_logp - s_logp)).sum())
+        kl = torch.stack(kls).mean()
+        total, parts = params.kl_weight * kl, {"kl": float(kl.detach())}
+        if batch.sft is not None:
+            ce = lm_loss(model, batch.sft)
+            total = total + params.ce_weight * ce
+            parts["ce"] = float(ce.detach())
+        return total, parts
