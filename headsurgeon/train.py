@@ -196,6 +196,9 @@ def run_training(plan: Plan, *, model=None, tokenizer=None, ckpts: Optional[Chec
 
     recipe, t = plan.recipe, plan.recipe.train
     acc = _accelerator(t)
+    if t.batch_size < acc.num_processes:
+        raise recipe.error("train.batch_size", f"{t.batch_size} is fewer than the "
+                                               f"{acc.num_processes} processes")
     if model is None:
         model, tokenizer, _ = load_model(plan.resolved, dtype=recipe.model.dtype,
                                          attn_implementation="sdpa")  # eager is slower
@@ -220,9 +223,6 @@ def run_training(plan: Plan, *, model=None, tokenizer=None, ckpts: Optional[Chec
         start, history = resume_state.step, list(resume_state.meta.get("history", []))
     fwd_model, optimizer = acc.prepare(trainable.model, optimizer)
     fwd_model.train()
-    if t.batch_size < acc.num_processes:
-        raise recipe.error("train.batch_size", f"{t.batch_size} is fewer than the "
-                                               f"{acc.num_processes} processes")
     pad = safe_pad_id(tokenizer, model)
     end = t.steps if stop_after is None else min(t.steps, stop_after)
     bar = tqdm(range(start, end), desc=f"train {t.objective.name}", file=sys.stderr,
@@ -264,7 +264,8 @@ def run_training(plan: Plan, *, model=None, tokenizer=None, ckpts: Optional[Chec
                            if hasattr(optimizer, "optimizer") else optimizer,
                            {**ckpt_meta, "history": history})
     bar.close()
-    fwd_model.eval()
+    # drop accelerate's wrappers (DDP, the autocast forward): the caller gets a plain model
+    acc.unwrap_model(fwd_model, keep_fp32_wrapper=False).eval()
     log = {"objective": t.objective.name, "heads": [list(h) for h in plan.heads],
            "touched_heads": trainable.touched_heads, "kv_policy": trainable.kv_policy,
            "trainable_parameters": trainable.n_trainable, "steps": t.steps, "seed": t.seed,

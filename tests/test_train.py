@@ -70,7 +70,7 @@ def test_nothing_outside_the_slices_moves(make):
 
 
 def test_same_seed_same_bytes_and_resume(make, tmp_path):
-    recipe = make(extra_train="checkpoint_every: 2")
+    recipe = make(extra_train="checkpoint_every: 2\ngrad_accum: 2")
     a = train(recipe, tmp_path / "a" / "delta.safetensors", progress=False)
     out_b = tmp_path / "b" / "delta.safetensors"
     ck = train(recipe, out_b, stop_after=2, progress=False)      # "interrupted" at step 2
@@ -80,7 +80,7 @@ def test_same_seed_same_bytes_and_resume(make, tmp_path):
     log = json.loads((tmp_path / "b" / "delta.train.json").read_text())
     assert [h["step"] for h in log["history"]] == [1, 2, 3, 4]
     assert (tmp_path / "b" / "delta.loss.png").read_bytes()[:4] == b"\x89PNG"
-    other = make(name="s.yaml", extra_train="checkpoint_every: 2\nseed: 1")
+    other = make(name="s.yaml", extra_train="checkpoint_every: 2\ngrad_accum: 2\nseed: 1")
     c = train(other, tmp_path / "c" / "delta.safetensors", progress=False)
     assert c.read_bytes() != a.read_bytes()
     d = read_delta(a)
