@@ -90,14 +90,16 @@ def cli_locate(ndif, shared_data, tmp_path):
     return run
 
 
-def test_plain_remote_trace_is_bit_identical_to_local(ndif, tiny_models):
+def test_plain_remote_trace_matches_local(ndif, tiny_models):
     meta, local = tiny_models
     with meta.trace("hello world", backend=raw_backend(ndif.host, meta)):
         remote_out = meta.lm_head.output.save()
     with local.trace("hello world"):
         local_out = local.lm_head.output.save()
     assert remote_out.shape == (1, 11, local.config.vocab_size)
-    assert torch.equal(remote_out, local_out)
+    # Bit-identical when both processes use the same number of threads; across thread
+    # counts the float reduction order may differ in the last bits.
+    assert (remote_out - local_out.detach()).abs().max().item() <= 1e-6
 
 
 def test_runner_jobs_match_local_and_are_sized_by_budget(ndif, tiny_models, tmp_path):
