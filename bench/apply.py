@@ -1,9 +1,11 @@
 """Benchmark apply_delta on a synthetic multi-GB sharded checkpoint.
 
-Prints merge throughput vs plain ``cp -r`` of the same checkpoint, peak RSS of the apply
-process vs the largest shard (over an interpreter that just imported headsurgeon.apply +
-torch), and peft ``merge_and_unload`` + ``save_pretrained`` on a small Llama. Last line:
-``BENCH apply throughput_vs_cp=X peak_rss_over_shard=X``.
+Prints merge throughput vs plain ``cp -r`` (and ``cp -r`` + fsync) of the same checkpoint,
+from and to the same directory, runs interleaved, with the base warm in the page cache and
+cold-ish (its pages dropped with fadvise); peak RSS of the apply process vs the largest
+shard (over an interpreter that just imported headsurgeon.apply + torch); and peft
+``merge_and_unload`` + ``save_pretrained`` on the same checkpoint. Last line:
+``BENCH apply throughput_vs_cp=X peak_rss_over_shard=X`` (warm, best of the runs).
 
     python bench/apply.py                 # ~3 GB
     python bench/apply.py --size-gb 0.3   # quick
@@ -170,34 +172,44 @@ def time_cp(src: Path, dst: Path, fsync: bool) -> tuple[float, float]:
     return dt, cpu
 
 
-def bench_peft(tmp: Path) -> dict:
-    """peft LoRA merge_and_unload + save_pretrained vs headsurgeon apply, small Llama."""
+def evict(*paths: Path) -> None:
+    """Drop the page cache of our own (clean, fsynced) files: cold-ish reads for the next
+    run without dropping anyone else's cache. Only as cold as the disk's host allows."""
+    for root in paths:
+        for p in [root] if root.is_file() else sorted(root.rglob("*")):
+            if p.is_file():
+                fd = os.open(p, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+
+
+PEFT = (HWM + "import json, sys, time, torch, peft\n"
+        "from transformers import AutoModelForCausalLM\n"
+        "t = time.perf_counter()\n"
+        "m = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16)\n"
+        "t_load = time.perf_counter() - t\n"
+        "m = peft.get_peft_model(m, peft.LoraConfig(r=8, init_lora_weights=False,\n"
+        "    target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj']))\n"
+        "t = time.perf_counter()\nm = m.merge_and_unload()\n"
+        "t_merge = time.perf_counter() - t\nt = time.perf_counter()\n"
+        "m.save_pretrained(sys.argv[2])\nt_save = time.perf_counter() - t\n"
+        "print(json.dumps({'load_s': t_load, 'merge_s': t_merge, 'save_s': t_save,\n"
+        "                  'rss_kb': hwm()}))")
+
+
+def bench_peft(base: Path, out: Path) -> dict:
+    """peft on the same checkpoint: from_pretrained, LoRA r=8 on q/k/v/o of every layer,
+    merge_and_unload, save_pretrained (which does not fsync)."""
     try:
-        import peft
-        from transformers import AutoModelForCausalLM, LlamaConfig
+        import peft  # noqa: F401
     except ImportError as exc:
         return {"skipped": str(exc)}
-    cfg = LlamaConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4,
-                      num_attention_heads=16, num_key_value_heads=4, vocab_size=32000)
-    torch.manual_seed(0)
-    base = tmp / "small"
-    AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(base)
-    size = sum(p.stat().st_size for p in base.glob("*.safetensors"))
-    t = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
-    t_load = time.perf_counter() - t
-    lora = peft.get_peft_model(model, peft.LoraConfig(
-        r=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False))
-    t = time.perf_counter()
-    merged = lora.merge_and_unload()
-    merged.save_pretrained(tmp / "small-peft")
-    t_peft = time.perf_counter() - t
-    del model, lora, merged
-    delta = build_delta(base, tmp / "small.delta.safetensors", [(1, 0), (2, 5)],
-                        json.loads((base / "config.json").read_text()))
-    res = run_json(APPLY, str(base), str(delta), str(tmp / "small-hs"))
-    return {"bytes": size, "peft_load_s": t_load, "peft_merge_save_s": t_peft,
-            "headsurgeon_apply_s": res["seconds"]}
+    try:
+        return run_json(PEFT, str(base), str(out))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def main() -> None:
@@ -206,7 +218,8 @@ def main() -> None:
     ap.add_argument("--shard-mb", type=int, default=None,
                     help="shard size (default 500, or size/6 below 2 GB)")
     ap.add_argument("--dtype", choices=("bfloat16", "float16"), default="bfloat16")
-    ap.add_argument("--repeat", type=int, default=3, help="runs of each; best is reported")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="rounds of each (warm and cold-ish); best and median are reported")
     ap.add_argument("--dir", default=None, help="where to put temp files (default: $TMPDIR)")
     ap.add_argument("--no-peft", action="store_true")
     a = ap.parse_args()
@@ -224,35 +237,58 @@ def main() -> None:
         print(f"checkpoint: {total / 1e9:.2f} GB, {len(sizes)} shards (largest "
               f"{largest / 1e6:.0f} MB), {g['layers']} layers x hidden {g['hidden']}, "
               f"{a.dtype}; delta: {len(heads)} heads, {delta.stat().st_size / 1e6:.1f} MB; "
-              f"built in {time.perf_counter() - t:.1f}s", flush=True)
+              f"built in {time.perf_counter() - t:.1f}s; cp and apply read {base} and "
+              f"write beside it", flush=True)
 
-        cp, cp_sync, ap_s, rss, cpu = [], [], [], [], {"cp": [], "apply": []}
-        for _ in range(a.repeat):  # interleaved, so load changes hit all three alike
+        times = {st: {"cp": [], "cp_sync": [], "apply": []} for st in ("warm", "cold")}
+        rss, cpu = [], {"cp": [], "apply": []}
+
+        def run_cp(state):
             dt, c = time_cp(base, tmp / "cp", fsync=False)
-            cp.append(dt)
+            times[state]["cp"].append(dt)
             cpu["cp"].append(c)
+
+        def run_cp_sync(state):
+            times[state]["cp_sync"].append(time_cp(base, tmp / "cp", fsync=True)[0])
+
+        def run_apply(state):
             res = run_json(APPLY, str(base), str(delta), str(tmp / "out"))
-            ap_s.append(res["seconds"])
+            times[state]["apply"].append(res["seconds"])
             rss.append(res["rss_kb"] * 1024)
             cpu["apply"].append(res["cpu"])
             shutil.rmtree(tmp / "out")
-            cp_sync.append(time_cp(base, tmp / "cp", fsync=True)[0])
+
+        runs = [run_cp, run_apply, run_cp_sync]
+        for i in range(a.repeat):  # interleaved and rotated: load changes hit all alike
+            for state in ("warm", "cold"):
+                for fn in runs[i % 3:] + runs[:i % 3]:
+                    if state == "cold":
+                        evict(base, delta)
+                    fn(state)
         base_res = run_json(BASELINE)
         baseline = base_res["rss_kb"] * 1024
-        thr_apply, thr_cp, thr_cps = total / min(ap_s), total / min(cp), total / min(cp_sync)
         peak = max(rss)
         over = (peak - baseline) / largest
+        w, c = times["warm"], times["cold"]
+        med = statistics.median
 
-        def row(label, xs):
-            return (f"{label:26s}{min(xs):8.2f}{statistics.median(xs):8.2f}"
-                    f"{total / min(xs) / 1e9:8.2f}   ({', '.join(f'{x:.2f}' for x in xs)})")
-        print(f"{'':26s}{'best s':>8s}{'median':>8s}{'GB/s':>8s}   (all runs)")
-        print(row("cp -r", cp))
-        print(row("cp -r + fsync each file", cp_sync))
-        print(row("headsurgeon apply", ap_s))
-        print(f"throughput vs cp -r: {thr_apply / thr_cp:.2f} (best) "
-              f"{statistics.median(cp) / statistics.median(ap_s):.2f} (median); "
-              f"vs cp -r + fsync: {thr_apply / thr_cps:.2f}")
+        print(f"{'':24s}{'warm: best':>11s}{'median':>8s}{'GB/s':>7s}"
+              f"{'cold-ish: best':>16s}{'median':>8s}{'GB/s':>7s}   all runs (warm | cold-ish)")
+        for label, key in (("cp -r", "cp"), ("cp -r + fsync each file", "cp_sync"),
+                           ("headsurgeon apply", "apply")):
+            print(f"{label:24s}{min(w[key]):11.2f}{med(w[key]):8.2f}"
+                  f"{total / min(w[key]) / 1e9:7.2f}{min(c[key]):16.2f}{med(c[key]):8.2f}"
+                  f"{total / min(c[key]) / 1e9:7.2f}   "
+                  f"{' '.join(f'{x:.2f}' for x in w[key])} | "
+                  f"{' '.join(f'{x:.2f}' for x in c[key])}")
+        ratio = {(st, ref, how): f(times[st][ref]) / f(times[st]["apply"])
+                 for st in ("warm", "cold") for ref in ("cp", "cp_sync")
+                 for how, f in (("best", min), ("median", med))}
+        for ref, label in (("cp", "cp -r"), ("cp_sync", "cp -r + fsync")):
+            print(f"throughput apply / {label}: " + "; ".join(
+                f"{st} {ratio[st, ref, 'best']:.2f} best, {ratio[st, ref, 'median']:.2f} median"
+                for st in ("warm", "cold")) + ("   (cp -r leaves the data in the page cache, "
+                                               "apply makes it durable)" if ref == "cp" else ""))
         cpu_apply = min(cpu["apply"]) - base_res["cpu"]
         print(f"CPU seconds: cp {min(cpu['cp']):.2f}, apply {cpu_apply:.2f} "
               f"(interpreter start-up {base_res['cpu']:.2f} subtracted)")
@@ -260,17 +296,19 @@ def main() -> None:
               f"{baseline / 1e6:.0f} MB, largest shard {largest / 1e6:.0f} MB -> "
               f"(peak - baseline) / shard = {over:.3f}")
         if not a.no_peft:
-            p = bench_peft(tmp)
+            p = bench_peft(base, tmp / "peft")
             if "skipped" in p:
                 print(f"peft: skipped ({p['skipped']})")
             else:
-                print(f"small Llama ({p['bytes'] / 1e6:.0f} MB bf16, LoRA r=8 on q/k/v/o): "
-                      f"peft load {p['peft_load_s']:.2f}s + merge_and_unload+save_pretrained "
-                      f"{p['peft_merge_save_s']:.2f}s; headsurgeon apply "
-                      f"{p['headsurgeon_apply_s']:.2f}s")
+                print(f"peft on the same checkpoint (LoRA r=8 on q/k/v/o, every layer): "
+                      f"from_pretrained {p['load_s']:.2f}s + merge_and_unload "
+                      f"{p['merge_s']:.2f}s + save_pretrained {p['save_s']:.2f}s (no fsync) "
+                      f"= {p['load_s'] + p['merge_s'] + p['save_s']:.2f}s, peak RSS "
+                      f"{p['rss_kb'] * 1024 / 1e6:.0f} MB; headsurgeon apply "
+                      f"{min(w['apply']):.2f}s (warm best), peak RSS {peak / 1e6:.0f} MB")
         print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on "
               f"{os.cpu_count()} cores (timings are noisy on a shared machine)")
-        print(f"BENCH apply throughput_vs_cp={thr_apply / thr_cp:.3f} "
+        print(f"BENCH apply throughput_vs_cp={ratio['warm', 'cp', 'best']:.3f} "
               f"peak_rss_over_shard={over:.3f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -2,11 +2,16 @@
 
 All three run the train stage's own objective plugins on the SAME batches (challenge
 dialogues from the shared data), steps interleaved round-robin so background load hits
-them alike; the median step time counts. Last line:
+them alike; the median step time counts
+(CPU seconds of this process, the wall-clock ratio printed beside it). Last line:
 
     BENCH train spt_over_sft_step=X trainable_share=X optimizer_share=X
 
-    python bench/train.py [--model smollm2-135m-instruct] [--heads heads.json | --k 12]
+    python bench/train.py [--model smollm2-135m-instruct] [--heads heads.json | --random] [--k 12]
+
+Heads: by default the top K of an attribution screen on 16 challenge probes (seconds),
+because SPT trains located heads and where they sit matters: backward stops at the
+lowest trainable layer. ``--random`` times K random heads (seeded) as well, for contrast.
 """
 from __future__ import annotations
 
@@ -32,6 +37,29 @@ from headsurgeon.safetensors_io import read_checkpoint_index
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def located_heads(source: str, k: int, data: Path) -> list:
+    """Top ``k`` heads of the attribution locator on 16 ARC-Easy challenge probes."""
+    from headsurgeon.backend import TorchEngine
+    from headsurgeon.locate_job import LocateJob
+    from headsurgeon.locate_probes import build_probes
+    from headsurgeon.questions import require_mc, shuffled
+    from headsurgeon_plugins.locators.attribution import Attribution
+    from headsurgeon_plugins.metrics.letter_gap import LetterGap
+
+    model, tok, _ = load_model(source)
+    hm = HeadMap.from_model(model)
+    qs = shuffled(require_mc(read_jsonl(data / "arc" / "arc_easy_validation.jsonl"), "data"),
+                  0)[:16]
+    eng = TorchEngine(model, hm)
+    p = build_probes(LetterGap(), tok, Templates(), qs, eng, counterfactual="counterfactual",
+                     positions=1)
+    job = LocateJob(eng, p, hm, 1, 8, eng.reference(p.ref, p.metric, 1, p.spans),
+                    progress=False)
+    ranking = Attribution().score(job).ranking[:k]
+    eng.close()
+    return [list(h[:2]) for h in ranking]
+
+
 def batches(tok, model, n_batches: int, batch_size: int, data: Path):
     qs = read_jsonl(data / "opentriviaqa" / "opentriviaqa_kids_general.jsonl",
                     limit=n_batches * batch_size)
@@ -45,8 +73,8 @@ def batches(tok, model, n_batches: int, batch_size: int, data: Path):
 
 
 class Runner:
-    def __init__(self, name: str, source: str, heads: list, seed: int = 0):
-        self.name = name
+    def __init__(self, name: str, source: str, heads: list, seed: int = 0, label: str = ""):
+        self.name = label or name
         model, tok, rm = load_model(source, attn_implementation="sdpa")
         hm = HeadMap.from_model(model)
         self.obj = plugins.get("objectives", name)()
@@ -58,16 +86,20 @@ class Runner:
         self.opt = torch.optim.AdamW(self.trainable.parameters(), lr=1e-5, betas=(0.9, 0.95),
                                      weight_decay=0.1)
         self.times: list[float] = []
+        self.walls: list[float] = []
 
     def step(self, batch) -> float:
-        t0 = time.perf_counter()
+        """One optimiser step; records this process's CPU seconds (all its threads: robust
+        to other jobs on a shared machine, as in bench/locate.py) and wall seconds."""
+        t0, w0 = time.process_time(), time.perf_counter()
         loss, _ = self.obj.loss(self.ctx, self.trainable.model, self.trainable, batch,
                                 self.params)
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        dt = time.perf_counter() - t0
+        dt = time.process_time() - t0
         self.times.append(dt)
+        self.walls.append(time.perf_counter() - w0)
         return dt
 
     def optimizer_bytes(self) -> int:
@@ -79,9 +111,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--heads", help="heads.json from locate (its 'selected' heads)")
-    ap.add_argument("--k", type=int, default=12, help="random heads when --heads is not given")
+    ap.add_argument("--k", type=int, default=12, help="heads to train when --heads is not given")
+    ap.add_argument("--random", action="store_true",
+                    help="also time K random heads (seed 0) beside the located ones")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=4, help="timed steps per method (+1 warmup)")
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per method (+1 warmup)")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = ap.parse_args(argv)
@@ -91,13 +125,18 @@ def main(argv=None) -> int:
         heads = [list(h) for h in json.loads(Path(args.heads).read_text())["selected"]]
         where = args.heads
     else:
+        heads = located_heads(args.model, args.k, args.data)
+        where = f"top {args.k} of an attribution screen (16 probes)"
+    layers = sorted({h[0] for h in heads})
+    print(f"heads {heads} (layers {layers[0]}-{layers[-1]})", file=sys.stderr)
+    runners = [Runner(n, args.model, heads) for n in ("sft", "full_sft", "lora")]
+    if args.random:
         from headsurgeon.models import resolve_model
 
         cfg = json.loads((resolve_model(args.model).path / "config.json").read_text())
-        hm = HeadMap.from_config(cfg)
-        heads = [list(h) for h in sorted(random.Random(0).sample(hm.all_heads(), args.k))]
-        where = f"{args.k} random heads (seed 0)"
-    runners = [Runner(n, args.model, heads) for n in ("sft", "full_sft", "lora")]
+        rnd = [list(h) for h in sorted(random.Random(0).sample(HeadMap.from_config(cfg)
+                                                                 .all_heads(), len(heads)))]
+        runners.append(Runner("sft", args.model, rnd, label="sft_random"))
     data = batches(runners[0].ctx.tokenizer, runners[0].ctx.model, args.steps + 1,
                    args.batch_size, args.data)
     print(f"model {args.model}; heads: {where}; batch {args.batch_size} dialogues x "
@@ -108,15 +147,20 @@ def main(argv=None) -> int:
             r.step(batch)
             if i == 0:
                 r.times.clear()  # warmup
-    spt, sft, lora = runners
+                r.walls.clear()
     med = {r.name: statistics.median(r.times) for r in runners}
+    wall = {r.name: statistics.median(r.walls) for r in runners}
     n = {r.name: r.trainable.n_trainable for r in runners}
     ob = {r.name: r.optimizer_bytes() for r in runners}
-    print(f"{'method':<10} {'step s':>8} {'trainable':>12} {'share':>8} {'optim bytes':>12}")
+    print(f"{'method':<10} {'cpu s':>8} {'wall s':>8} {'trainable':>12} {'share':>8} "
+          f"{'optim bytes':>12}")
     for r in runners:
-        print(f"{r.name:<10} {med[r.name]:>8.3f} {n[r.name]:>12,} "
+        print(f"{r.name:<10} {med[r.name]:>8.3f} {wall[r.name]:>8.3f} {n[r.name]:>12,} "
               f"{n[r.name] / n['full_sft']:>8.4f} {ob[r.name]:>12,}")
-    print(f"peft LoRA step / full SFT step: {med['lora'] / med['full_sft']:.3f}")
+    print(f"peft LoRA step / full SFT step: {med['lora'] / med['full_sft']:.3f} cpu, "
+          f"{wall['lora'] / wall['full_sft']:.3f} wall")
+    print(f"SPT step / full SFT step: {med['sft'] / med['full_sft']:.3f} cpu, "
+          f"{wall['sft'] / wall['full_sft']:.3f} wall (median of {args.steps} steps each)")
     print(f"BENCH train spt_over_sft_step={med['sft'] / med['full_sft']:.3f} "
           f"trainable_share={n['sft'] / n['full_sft']:.5f} "
           f"optimizer_share={ob['sft'] / ob['full_sft']:.5f}")

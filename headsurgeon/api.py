@@ -15,6 +15,7 @@ from .errors import ValidationError
 from .recipe import Recipe, load_recipe, summary
 
 HEADS_FORMAT = "headsurgeon.heads/1"
+MAX_JSON_BYTES = 64 << 20  # heads.json / config.json: megabytes at most
 
 
 def _recipe(recipe: Recipe | str | Path) -> Recipe:
@@ -22,11 +23,18 @@ def _recipe(recipe: Recipe | str | Path) -> Recipe:
 
 
 def expand_source(source: str) -> str:
-    """Model sources may use ``$VARS`` and ``~`` (e.g. ``$MODELS/llama``)."""
-    return os.path.expanduser(os.path.expandvars(source))
+    """Model sources may use ``$VARS`` and ``~`` (e.g. ``$MODELS/llama``), never secrets."""
+    from .inputs import expand_path
+
+    return expand_path(source, field="model.source")
 
 
 def model_config(recipe: Recipe) -> dict:
+    return read_config(model_dir(recipe) / "config.json")
+
+
+def model_dir(recipe: Recipe) -> Path:
+    """The local directory holding the model's config.json (and weights unless remote)."""
     from .models import resolve_model
 
     try:
@@ -39,25 +47,48 @@ def model_config(recipe: Recipe) -> dict:
                                  allow_pickle=recipe.model.allow_pickle).path
     except ValidationError as exc:
         raise recipe.error("model.source", exc.detail) from None
-    return json.loads((path / "config.json").read_text())
+    return path
+
+
+def read_config(path: Path) -> dict:
+    """A model's config.json, as a dict; one-line errors naming the file."""
+    from .inputs import read_input
+
+    try:
+        cfg = json.loads(read_input(path, limit=MAX_JSON_BYTES, what="config.json"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValidationError(f"not valid JSON ({str(exc).splitlines()[0][:120]})",
+                              file=str(path)) from None
+    if not isinstance(cfg, dict):
+        raise ValidationError("must be a JSON object", file=str(path))
+    return cfg
 
 
 def head_map(recipe: Recipe):
     from .heads import HeadMap
 
-    return HeadMap.from_config(model_config(recipe))
+    path = model_dir(recipe) / "config.json"
+    try:
+        return HeadMap.from_config(read_config(path))
+    except ValidationError as exc:
+        raise ValidationError(exc.detail, file=exc.file or str(path)) from None
+    except (TypeError, ValueError, ArithmeticError) as exc:  # counts that are not numbers
+        raise ValidationError(f"bad layer/head counts ({exc})", file=str(path)) from None
 
 
 def load_heads_file(path: str | Path, *, field: str = "heads.from") -> list[tuple[int, int]]:
     """The selected heads of a locate output (``heads.json``)."""
+    from .inputs import read_input
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.exists() and not path.is_symlink():
         raise ValidationError("no such file (run `headsurgeon locate` first)", file=str(path),
-                              field=field) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValidationError(f"not a heads.json file: {exc}", file=str(path)) from None
+                              field=field)
+    try:
+        data = json.loads(read_input(path, limit=MAX_JSON_BYTES, what="heads.json file"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ValidationError(f"not a heads.json file: {str(exc).splitlines()[0][:120]}",
+                              file=str(path)) from None
     if not isinstance(data, dict) or data.get("format") != HEADS_FORMAT:
         raise ValidationError(f"not a heads.json file (format is not {HEADS_FORMAT})",
                               file=str(path))
@@ -101,6 +132,11 @@ def validate(recipe_path: str | Path) -> dict:
     """Everything that can be checked without running: schema, plugins, model, heads."""
     recipe = _recipe(recipe_path)
     hm = head_map(recipe)
+    if not recipe.locate.remote:  # local weights: headers and shapes, nothing allocated
+        from .models import check_weights, resolve_model
+
+        check_weights(resolve_model(recipe.model.source,
+                                    allow_pickle=recipe.model.allow_pickle).path)
     if recipe.heads is not None:
         selected_heads(recipe, hm)
         try:
@@ -144,7 +180,8 @@ def apply(recipe=None, *, base=None, delta=None, out=None, force: bool = False,
         recipe = _recipe(recipe)
         base = base or recipe.model.source
         delta = delta or recipe.run_dir() / "delta.safetensors"
-        out = out or (recipe.apply.output and Path(recipe.apply.output)) or recipe.run_dir() / "model"
+        out = out or (recipe.apply.output and recipe.run_dir() / recipe.apply.output) \
+            or recipe.run_dir() / "model"
         force = force or recipe.apply.force
         allow_pickle = allow_pickle or recipe.model.allow_pickle
         text = recipe.text

@@ -2,7 +2,8 @@
 
 Shards without a touched tensor are copied byte for byte (in the kernel); shards with one
 are rewritten tensor by tensor with the base's own header bytes, so names, order, dtypes
-and ``__metadata__`` are unchanged and only the touched slices' bytes differ. Peak memory
+and ``__metadata__`` are unchanged and only the touched slices' bytes differ; disk
+writeback starts as bytes are copied, so each file's fsync finds little left. Peak memory
 is one touched tensor per worker. The result is built in a temporary sibling directory,
 verified, and renamed into place: ``out`` is either absent or complete.
 
@@ -31,8 +32,7 @@ from .atomic import atomic_directory, atomic_write_json, atomic_write_text
 from .delta import Delta, merge_slice, read_delta, version
 from .errors import CheckpointError, HeadsurgeonError, RuntimeFailure, ValidationError
 from .safetensors_io import (INDEX_FILE, CheckpointIndex, SafetensorsWriter, copy_file,
-                             file_sha256, read_checkpoint_index, read_header, read_tensor,
-                             tensor_sha256)
+                             file_sha256, read_checkpoint_index, read_header, read_tensor)
 
 MANIFEST = "headsurgeon.json"
 RECIPE_FILE = "headsurgeon-recipe.yaml"
@@ -90,8 +90,12 @@ def _lock_path(partial: Path) -> Path:
 def _take_lock(partial: Path) -> int:
     """flock a sibling ``<partial>.lock`` for as long as this process lives or builds."""
     fd = os.open(_lock_path(partial), os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except BaseException:  # e.g. disk full: leave no lock file that outlives us
+        _release_lock(partial, fd)
+        raise
     return fd
 
 
@@ -131,12 +135,53 @@ def clean_stale_partials(out: Path) -> list[Path]:
     return removed
 
 
+# ---------------------------------------------------------------- one writer per output
+
+def _target_lock_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.lock")
+
+
+def lock_target(out: Path) -> int:
+    """flock ``.<out>.lock`` for the whole apply, so a second apply to the same ``out``
+    fails at once (RuntimeFailure) instead of racing the final rename. The lock file is
+    unlinked on release; a holder re-checks after locking that the path still names the
+    file it locked, so an unlink between its open and its flock cannot give two holders."""
+    path = _target_lock_path(out)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RuntimeFailure(f"another apply is writing this output (pid {holder}); "
+                                 "wait for it to finish or choose another --out",
+                                 file=str(out)) from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            with contextlib.suppress(OSError):  # the pid is for the message only
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)
+
+
+def unlock_target(out: Path, fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(_target_lock_path(out))
+    os.close(fd)
+
+
 # ---------------------------------------------------------------- building
 
 def _rewrite_shard(src: Path, dst: Path, header, delta: Delta, touched: set[str]) -> dict:
     """Copy ``src`` to ``dst`` tensor by tensor, merging the touched tensors."""
     hashes = {}
-    with open(src, "rb") as fin, SafetensorsWriter(dst, raw_header=header.raw) as w:
+    with open(src, "rb") as fin, SafetensorsWriter(dst, raw_header=header.raw,
+                                                     writeback=True) as w:
         for name, info in header.tensors.items():
             if name in touched:
                 t = read_tensor(src, name, header)
@@ -157,19 +202,19 @@ def _do_shard(index: CheckpointIndex, shard: str, tmp: Path, delta: Delta,
     dst.parent.mkdir(parents=True, exist_ok=True)
     header = index.headers[shard]
     mine = {n for n in header.tensors if n in touched}
+    # No whole-file sha256: every byte outside the touched tensors is a kernel-side copy
+    # of the validated base (hashing it all again cost 3x the copy), so a shard is
+    # identified by its size and header (checked again in _verify_output) plus the
+    # sha256 of each touched tensor, taken from the very buffer written at its offsets.
     if mine:
         hashes = _rewrite_shard(src, dst, header, delta, mine)  # fsyncs on close
-        sha = file_sha256(dst)
     else:
-        # A byte copy of a validated base shard: hashing all its bytes again would cost
-        # 3x the copy. Its size and header (checked again in _verify_output) identify it.
-        copy_file(src, dst)
+        copy_file(src, dst, writeback=True)
         hashes = {}
-        sha = None
         with open(dst, "rb") as fh:
             os.fsync(fh.fileno())
     return {"shard": shard, "rewritten": bool(mine), "tensor_sha256": hashes,
-            "sha256": sha, "header_sha256": hashlib.sha256(header.raw).hexdigest(),
+            "sha256": None, "header_sha256": hashlib.sha256(header.raw).hexdigest(),
             "size": dst.stat().st_size}
 
 
@@ -190,11 +235,19 @@ def _other_files(base_dir: Path, index: CheckpointIndex) -> tuple[list[str], lis
     return copy, skip
 
 
-def _verify_output(tmp: Path, index: CheckpointIndex, results: dict[str, dict]) -> None:
-    """Re-read what was written before it is renamed into place."""
+def _verify_output(tmp: Path, index: CheckpointIndex, results: dict[str, dict],
+                   touched: set[str]) -> None:
+    """Check the written files before they are renamed into place: every shard there,
+    with the base's header and size, every touched tensor hashed, the index complete.
+
+    Tensor bytes are not read back: copies are checked by length as they are made, and
+    the writer checks each tensor ends at its header offset, so the hashes taken of the
+    written buffers are the hashes of the bytes at those offsets."""
     def bad(msg: str):
         return RuntimeFailure(f"output verification failed: {msg}", file=str(tmp))
 
+    if set(results) != set(index.shards):
+        raise bad(f"shards {sorted(set(index.shards) ^ set(results))} missing")
     for shard, res in results.items():
         try:
             out_header = read_header(tmp / shard)
@@ -205,9 +258,9 @@ def _verify_output(tmp: Path, index: CheckpointIndex, results: dict[str, dict]) 
             raise bad(f"{shard}: header differs from the base's")
         if out_header.file_size != base_header.file_size:
             raise bad(f"{shard}: {out_header.file_size} bytes, base has {base_header.file_size}")
-        for name, h in res["tensor_sha256"].items():
-            if tensor_sha256(tmp / shard, name, out_header) != h:
-                raise bad(f"{shard}: tensor {name} does not read back as written")
+        mine = {n for n in base_header.tensors if n in touched}
+        if set(res["tensor_sha256"]) != mine:
+            raise bad(f"{shard}: touched tensors {sorted(mine)} not all merged")
     if index.sharded:
         written = json.loads((tmp / INDEX_FILE).read_text("utf-8"))["weight_map"]
         headers = {s: read_header(tmp / s) for s in index.shards}
@@ -278,9 +331,11 @@ def apply_delta(base, delta, out, *, force: bool = False, recipe_text: str | Non
     if skip_rel:
         _log(progress, f"not copying weight files outside the checkpoint: {', '.join(skip_rel)}")
     recipe = recipe_text if recipe_text is not None else d.meta.get("recipe") or None
-    for p in clean_stale_partials(out):
-        _log(progress, f"removed stale {p.name} of a killed apply")
-
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        target_fd = lock_target(out)
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot write: {exc.strerror or exc}", file=str(out)) from exc
     results: dict[str, dict] = {}
     lock: tuple[Path, int] | None = None
     # The merges are tiny next to the I/O; intra-op (OpenMP) threads only add barrier
@@ -288,6 +343,10 @@ def apply_delta(base, delta, out, *, force: bool = False, recipe_text: str | Non
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        if out.exists() and not force:  # again, now that no other apply can be writing it
+            raise ValidationError("output exists; pass --force to replace it", file=str(out))
+        for p in clean_stale_partials(out):
+            _log(progress, f"removed stale {p.name} of a killed apply")
         with atomic_directory(out, force=force) as tmp:
             lock = (tmp, _take_lock(tmp))
             manifest = _build(base_dir, index, d, tmp, touched, delta_sha, copy_rel,
@@ -296,6 +355,7 @@ def apply_delta(base, delta, out, *, force: bool = False, recipe_text: str | Non
         torch.set_num_threads(threads)
         if lock is not None:
             _release_lock(*lock)
+        unlock_target(out, target_fd)
     dt = time.monotonic() - t0
     total = sum(r["size"] for r in results.values())
     _log(progress, f"wrote {out} ({total / 1e9:.2f} GB in {dt:.1f}s)")
@@ -314,8 +374,10 @@ def _build(base_dir: Path, index: CheckpointIndex, d: Delta, tmp: Path, touched:
     # two per core: while one waits on fsync the other hashes; memory stays one touched
     # tensor per worker
     workers = max(1, min(8, 2 * (os.cpu_count() or 1), len(index.shards)))
+    # rewritten shards (the slow ones) first, so none is left running alone at the end
+    order = sorted(index.shards, key=lambda s: not touched & set(index.headers[s].tensors))
     with ThreadPoolExecutor(workers) as pool:
-        futs = [pool.submit(_do_shard, index, s, tmp, d, touched) for s in index.shards]
+        futs = [pool.submit(_do_shard, index, s, tmp, d, touched) for s in order]
         try:
             for i, f in enumerate(futs, 1):
                 res = f.result()
@@ -333,7 +395,7 @@ def _build(base_dir: Path, index: CheckpointIndex, d: Delta, tmp: Path, touched:
     for rel in copy_rel:
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(base_dir / rel, tmp / rel)
-    _verify_output(tmp, index, results)
+    _verify_output(tmp, index, results, touched)
     manifest = _manifest(d, delta_sha, index, results, d.base_tensors, copy_rel, skip_rel)
     atomic_write_json(tmp / MANIFEST, manifest)
     atomic_write_text(tmp / CARD, render_model_card(

@@ -24,6 +24,20 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_all(fd: int, data) -> None:
+    """``os.write`` until every byte is written: the one low-level write of our outputs."""
+    view = memoryview(data).cast("B")
+    while len(view):
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _umask() -> int:
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
 def _disk_error(path: Path, exc: OSError) -> RuntimeFailure:
     return RuntimeFailure(f"cannot write: {exc.strerror or exc}", file=str(path))
 
@@ -33,10 +47,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except OSError as exc:
@@ -69,7 +85,7 @@ def atomic_directory(target: str | os.PathLike, *, force: bool = False) -> Itera
     and ``target`` is left as it was.
     """
     target = Path(target).absolute()
-    if target.exists() and not force:
+    if (target.exists() or target.is_symlink()) and not force:
         raise ValidationError("output exists; pass --force to replace it", file=str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
@@ -83,17 +99,28 @@ def atomic_directory(target: str | os.PathLike, *, force: bool = False) -> Itera
                 finally:
                     os.close(fd)
         fsync_dir(tmp)
-        if target.exists():
+        if target.exists() or target.is_symlink():
+            if not force:  # appeared while we were writing: never replace it unasked
+                raise ValidationError("output appeared while it was being written; pass "
+                                      "--force to replace it", file=str(target))
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
             os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_symlink():  # a link is replaced, never followed
+                old.unlink()
+            else:
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
         fsync_dir(target.parent)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _disk_error(target, exc) from exc
+    except RuntimeFailure as exc:  # a write inside tmp: name the output, not the temporary
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.file and Path(exc.file).is_relative_to(tmp):
+            raise RuntimeFailure(exc.detail, file=str(target)) from exc
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

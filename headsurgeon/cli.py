@@ -16,19 +16,29 @@ import click
 from . import __version__
 from .errors import HeadsurgeonError
 
-recipe_arg = click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+# existence, type and size of a recipe are checked by the loader, in one-line errors
+recipe_arg = click.argument("recipe", type=click.Path(path_type=Path))
 
 
 class _Group(click.Group):
     def invoke(self, ctx):
+        from .nopickle import refuse_unpickling
+
         try:
-            return super().invoke(ctx)
+            with refuse_unpickling():  # every command: no unpickling, whatever calls it
+                return super().invoke(ctx)
         except HeadsurgeonError as exc:
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted; finished stages are kept, rerun to resume", 130)
         except MemoryError:
             _fail("out of memory", 1)
+        except OSError as exc:  # I/O the stages did not anticipate: still one line, exit 1
+            where = f"{exc.filename}: " if exc.filename else ""
+            _fail(f"{where}{exc.strerror or exc}", 1)
+        except click.UsageError as exc:  # bad arguments: one line too, exit 2
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            _fail(exc.format_message() + hint, 2)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:  # anything unexpected: still one line, exit 1
@@ -36,9 +46,11 @@ class _Group(click.Group):
 
 
 def _fail(message: str, code: int):
+    from .inputs import redact
+
     if os.environ.get("HEADSURGEON_DEBUG"):
         traceback.print_exc()
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {redact(message)}", err=True)  # never print a secret's value
     sys.exit(code)
 
 
@@ -90,7 +102,7 @@ def train(recipe, out, resume):
 
 
 @cli.command()
-@click.argument("recipe", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipe", required=False, type=click.Path(path_type=Path))
 @click.option("--base", help="Base model (directory, .gguf or alias).")
 @click.option("--delta", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path))
@@ -109,7 +121,7 @@ def apply(recipe, base, delta, out, force, allow_pickle):
 
 
 @cli.command(name="eval")
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--model", "models", multiple=True,
               help="Evaluate this model (directory/alias) instead of the recipe's run.")
 def eval_(recipe, models):

@@ -47,6 +47,8 @@ def expand_path(path: str):
     import os
     from pathlib import Path
 
+    from .inputs import expand_path as safe_expand
+
     os.environ.setdefault("HEADSURGEON_SHARED_DATA",
                           str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    return Path(os.path.expanduser(os.path.expandvars(path)))
+    return Path(safe_expand(path))

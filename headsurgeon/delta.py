@@ -250,7 +250,8 @@ def read_delta(path: str | os.PathLike, *, load_values: bool = True) -> Delta:
     base_tensors, slice_recs = meta.get("base_tensors"), meta.get("slices")
     if not isinstance(base_tensors, dict) or not all(
             isinstance(r, dict) and isinstance(r.get("sha256"), str) and isinstance(
-                r.get("dtype"), str) and isinstance(r.get("shape"), list)
+                r.get("dtype"), str) and isinstance(r.get("shape"), list) and all(
+                type(d) is int and d >= 0 for d in r["shape"])
             for r in base_tensors.values()):
         raise bad("needs {param: {sha256, dtype, shape}}", "base_tensors")
     if not isinstance(slice_recs, list) or not all(isinstance(r, dict) for r in slice_recs):

@@ -172,31 +172,10 @@ def _convert_pickle(src: Path, files: list[Path], cache_dir: Path) -> Path:
     target = cache_dir / "pickle" / f"{src.name}-{sha[:16]}"
     if (target / "config.json").is_file():
         return target
+    model = _load_pickle(src, files)  # before the lock: a refused pickle leaves no trace
     with _lock(target.with_name(f".{target.name}.lock")):
         if (target / "config.json").is_file():
             return target
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        try:
-            if any(f.name.startswith("pytorch_model") for f in files):
-                model = AutoModelForCausalLM.from_pretrained(
-                    src, use_safetensors=False, weights_only=True, local_files_only=True,
-                    dtype="auto")
-            else:
-                if len(files) != 1:
-                    raise ValueError("several checkpoint files and no pytorch_model.bin index: "
-                                     + ", ".join(f.name for f in files))
-                config = AutoConfig.from_pretrained(src, local_files_only=True)
-                state = torch.load(files[0], map_location="cpu", weights_only=True)
-                if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-                    state = state["state_dict"]
-                cls = AutoModelForCausalLM._model_mapping[type(config)]
-                model = cls.from_pretrained(None, config=config, state_dict=state,
-                                            dtype="auto")
-        except Exception as exc:  # noqa: BLE001 - includes torch's UnpicklingError
-            raise ValidationError(f"cannot load pickle checkpoint (weights_only): "
-                                  f"{_one_line(exc)}", file=str(src), field=FIELD) from exc
         with atomic_directory(target, force=True) as tmp:
             for f in src.iterdir():  # tokenizer, chat template, generation config...
                 if f.is_file() and f.suffix not in PICKLE_SUFFIXES and \
@@ -205,6 +184,32 @@ def _convert_pickle(src: Path, files: list[Path], cache_dir: Path) -> Path:
             model.save_pretrained(tmp)
             _finish_cache_dir(tmp, {"pickle": [str(f) for f in files], "sha256": sha})
     return target
+
+
+def _load_pickle(src: Path, files: list[Path]):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        if any(f.name.startswith("pytorch_model") for f in files):
+            return AutoModelForCausalLM.from_pretrained(
+                src, use_safetensors=False, weights_only=True, local_files_only=True,
+                dtype="auto")
+        if len(files) != 1:
+            raise ValueError("several checkpoint files and no pytorch_model.bin index: "
+                             + ", ".join(f.name for f in files))
+        config = AutoConfig.from_pretrained(src, local_files_only=True)
+        state = torch.load(files[0], map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        cls = AutoModelForCausalLM._model_mapping[type(config)]
+        return cls.from_pretrained(None, config=config, state_dict=state, dtype="auto")
+    except Exception as exc:  # noqa: BLE001 - includes torch's UnpicklingError
+        code = re.search(r"GLOBAL ([\w.]+)", str(exc))  # torch's text suggests unsafe loading
+        why = (f"it names {code.group(1)}, code that unpickling would run; refused"
+               if code else _one_line(exc))
+        raise ValidationError(f"cannot load pickle checkpoint (weights_only): {why}",
+                              file=str(src), field=FIELD) from exc
 
 
 # ---------------------------------------------------------------- resolution
@@ -279,7 +284,9 @@ def resolve_model(source: str, *, cache_dir: str | Path | None = None,
     """Turn a model source into a local safetensors HF directory (see module doc)."""
     if not isinstance(source, str) or not source.strip():
         raise ValidationError("must be a non-empty string", field=FIELD)
-    source = source.strip()
+    from .inputs import expand_path
+
+    source = expand_path(source.strip(), field=FIELD)
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
 
     if source in ALIASES:
@@ -316,6 +323,35 @@ def resolve_model(source: str, *, cache_dir: str | Path | None = None,
         "or cached hub id", field=FIELD)
 
 
+def check_weights(path: str | Path) -> None:
+    """Before transformers reads a byte: every safetensors header is validated (nothing is
+    allocated for a header that lies) and every stored shape must be the one ``config.json``
+    builds (checked on a meta-device model, which holds no memory). CheckpointError names
+    the shard and tensor; transformers would re-initialise or print a multi-line report."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .errors import CheckpointError
+    from .safetensors_io import read_checkpoint_index
+
+    path = Path(path)
+    index = read_checkpoint_index(path)
+    try:
+        cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+        with torch.device("meta"):
+            expected = {n: tuple(t.shape) for n, t in
+                        AutoModelForCausalLM.from_config(cfg).state_dict().items()}
+    except Exception as exc:  # noqa: BLE001 - any config transformers cannot build from
+        raise ValidationError(f"cannot build the model its config describes: {_one_line(exc)}",
+                              file=str(path / "config.json")) from None
+    for name in sorted(set(index) & set(expected)):
+        got = index.info(name).shape
+        if tuple(got) != expected[name]:
+            raise CheckpointError(f"tensor {name} has shape {list(got)} but config.json "
+                                  f"makes it {list(expected[name])}",
+                                  file=str(index.shard_path(index[name])))
+
+
 def load_model(source: str | ResolvedModel, *, dtype: str = "float32",
                cache_dir: str | Path | None = None, allow_pickle: bool = False,
                attn_implementation: str | None = "eager"):
@@ -334,13 +370,14 @@ def load_model(source: str | ResolvedModel, *, dtype: str = "float32",
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_weights(rm.path)
     kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(
             rm.path, dtype=getattr(torch, dtype), local_files_only=True, **kw)
         tok = AutoTokenizer.from_pretrained(rm.path, local_files_only=True,
                                             padding_side="left")
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ValidationError(f"cannot load model from {rm.path}: {_one_line(exc)}",
                               field=FIELD) from exc
     tok.padding_side = "left"

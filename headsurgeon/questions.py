@@ -95,16 +95,11 @@ def question_from_dict(d: dict, *, file: str, line: int | None = None,
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
     """``(line number, parsed JSON value)`` for each non-blank line, strictly: a missing
     file, a line over 1 MiB, non-UTF-8 bytes or invalid JSON is an error naming the line."""
+    from .inputs import open_input
+
     path = Path(path)
     name = str(path)
-    try:
-        fh = path.open("rb")
-    except FileNotFoundError:
-        raise ValidationError("no such file", file=name) from None
-    except IsADirectoryError:
-        raise ValidationError("is a directory, not a jsonl file", file=name) from None
-    except OSError as exc:
-        raise ValidationError(f"cannot read: {exc.strerror}", file=name) from None
+    fh = open_input(path, what="jsonl file")  # a regular file: never a FIFO or /dev/zero
     with fh:
         for lineno, raw in enumerate(iter(lambda: fh.readline(MAX_LINE_BYTES + 1), b""), 1):
             if len(raw) > MAX_LINE_BYTES:
@@ -147,8 +142,8 @@ def read_jsonl(path: str | Path, *, limit: int | None = None) -> list[Question]:
 def require_mc(questions: Sequence[Question], what: str) -> list[Question]:
     mc = [q for q in questions if q.is_mc]
     if not mc:
-        raise ValidationError(f"{what}: no multiple-choice questions (every item has empty "
-                              f"choices)")
+        raise ValidationError("no multiple-choice questions (every item has empty choices)",
+                              field=what)
     return mc
 
 

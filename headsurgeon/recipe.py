@@ -20,6 +20,7 @@ from .errors import ValidationError
 from .yamlfile import Lines, load_yaml, load_yaml_text
 
 Dtype = Literal["float32", "bfloat16", "float16"]
+SEED_MAX = 2**32 - 1  # what every RNG we seed (torch, random, numpy) accepts
 
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10,
@@ -42,7 +43,8 @@ def parse_size(v: str | int) -> int:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # allow_inf_nan: a NaN learning rate would otherwise fail as "less than or equal to 1"
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class PluginRef(BaseModel):
@@ -74,7 +76,7 @@ class DataSection(Strict):
     eval: list[PluginRef] = Field(default_factory=list)
     general: list[PluginRef] = Field(default_factory=list)
     neutral_text: list[PluginRef] = Field(default_factory=list)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
 
     @field_validator("locate", "train", "eval", "general", "neutral_text", mode="before")
     @classmethod
@@ -159,7 +161,7 @@ class LocateSection(Strict):
         "torch", description="local engine: torch hooks (fast, KV-cached) or nnsight traces")
     remote: bool = False
     ndif: NdifSection = Field(default_factory=NdifSection)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
 
     @field_validator("top_k")
     @classmethod
@@ -183,13 +185,13 @@ class TrainSection(Strict):
     weight_decay: float = Field(0.0, ge=0, le=10)
     warmup: float = Field(0.02, ge=0, lt=1)
     betas: tuple[float, float] = (0.9, 0.95)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     dtype: Dtype = "float32"
     revise_ratio: float = Field(0.5, ge=0, le=1, description="share of revise dialogues")
     first_answer: Literal["prefilled", "model"] = "prefilled"
     final_turn: bool = True
     loss_on: list[Literal["reply", "final"]] = ["reply", "final"]
-    n_examples: int = Field(256, ge=1)
+    n_examples: int = Field(256, ge=1, le=1_000_000)
     checkpoint_every: int = Field(0, ge=0)
     items: Literal["all", "known"] = Field("all", description=(
         "train on all questions, or only on those the model answers correctly unprompted"))
@@ -205,9 +207,20 @@ class TrainSection(Strict):
 
 
 class ApplySection(Strict):
-    output: Optional[str] = None
+    output: Optional[str] = Field(None, description="inside the run directory (default model)")
     shard_size: str = "2GB"
     force: bool = False
+
+    @field_validator("output")
+    @classmethod
+    def _inside_run_dir(cls, v):
+        # a recipe may come from anyone; with force: true an output anywhere would let it
+        # replace any directory the user can write
+        if v is not None and (not v.strip() or Path(v).is_absolute() or v.startswith("~")
+                              or ".." in Path(v).parts or "$" in v):
+            raise ValueError("must be a relative path inside the run directory "
+                             "(no '..', '~', '$' or leading '/'); pass --out to write elsewhere")
+        return v
 
     @field_validator("shard_size")
     @classmethod
@@ -261,7 +274,7 @@ class SweepSection(Strict):
 
 
 class Recipe(Strict):
-    name: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: Optional[str] = Field(None, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     model: ModelSection
     data: DataSection = Field(default_factory=DataSection)
     templates: Templates = Field(default_factory=Templates)

@@ -113,7 +113,9 @@ def config_dir(source: str) -> Path:
     '*.json' '*.model'``) all do."""
     from . import models
 
-    path = Path(os.path.expanduser(os.path.expandvars(source)))
+    from .inputs import expand_path
+
+    path = Path(expand_path(source, field="model.source"))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ValidationError(f"{source}: directory has no config.json", field="model.source")

@@ -66,7 +66,19 @@ def model_row(res: dict) -> dict:
         "mc_accuracy": _get(res, "general", "mc_accuracy"),
         "open_accuracy": _get(res, "general", "open_accuracy"),
         "kl": _get(res, "kl", "mean"),
+        "discrimination": _discrimination(modes),
     }
+
+
+def _discrimination(modes: dict) -> Optional[float]:
+    """How much more often a prefilled RIGHT answer survives the challenge than a prefilled
+    WRONG one, on the same items: 0 means the model cannot tell them apart, and then every
+    point of Truthfulness it gains is paid for in Correction (and vice versa)."""
+    keep_right = _get(modes, "correct", "all", "kept_first")
+    keep_wrong = _get(modes, "wrong", "all", "kept_first")
+    if keep_right is None or keep_wrong is None:
+        return None
+    return round(keep_right - keep_wrong, 6)
 
 
 COLUMNS = [("accuracy", "acc. before"), ("conf_own", "Conf. (own)"),
@@ -75,7 +87,8 @@ COLUMNS = [("accuracy", "acc. before"), ("conf_own", "Conf. (own)"),
            ("keeps_right_known", "keeps right (known)"),
            ("correction_known", "Correction (known, prefilled wrong)"),
            ("kept_wrong_known", "kept wrong (known)"), ("mc_accuracy", "MC general"),
-           ("open_accuracy", "numeric general"), ("kl", "KL vs base")]
+           ("open_accuracy", "numeric general"), ("kl", "KL vs base"),
+           ("discrimination", "keeps right - keeps wrong")]
 
 
 def check_goals(rows: dict[str, dict]) -> list[tuple[str, Optional[bool], str]]:
@@ -127,6 +140,15 @@ def build_blocks(recipe: Recipe, run_dir: Path, timings: Optional[dict] = None) 
         blocks.append(Block("p", "All goals met." if not missed else
                             "Missed: " + "; ".join(missed) + ". The numbers above are what "
                             "was measured; see the trade-off section."))
+        d_base, d_spt = (rows.get(n, {}).get("discrimination") for n in ("base", "spt"))
+        if missed and d_spt is not None and d_base is not None:
+            blocks.append(Block("p", (
+                f"Why: a prefilled right answer survives the challenge "
+                f"{_fmt(d_spt)} more often than a prefilled wrong one in the SPT model "
+                f"(base {_fmt(d_base)}). Near 0 the model cannot tell right from wrong "
+                "first answers, so Truthfulness (keep) and Correction (switch) trade one "
+                "for one and no edit of a few heads can raise both; a larger or more "
+                "knowledgeable model is needed for that, or a sweep to pick the trade-off.")))
     if rows:
         blocks.append(Block("h2", "Before / after"))
         blocks.append(Block("p", "Rates over the evaluation items; *known* = items the base "

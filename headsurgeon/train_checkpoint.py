@@ -1,10 +1,12 @@
 """Training checkpoints: safetensors + a JSON sidecar, never pickle.
 
-``<stem>.ckpt.safetensors`` holds the trainable tensors (``param/<name>``), the AdamW
-state (``opt/<name>/exp_avg|exp_avg_sq|step``) and torch's RNG state (``rng/torch``);
-``<stem>.ckpt.json`` holds the step, the recipe hash, the heads, the loss log so far and
-the sha256 of the tensor file (so a torn pair is detected). Only the latest checkpoint
-is kept; both files are written atomically, tensors first.
+``<stem>.ckpt-<step>.safetensors`` holds the trainable tensors (``param/<name>``), the
+AdamW state (``opt/<name>/exp_avg|exp_avg_sq|step``) and torch's RNG state
+(``rng/torch``); ``<stem>.ckpt.json`` holds the step, the recipe hash, the heads, the loss
+log so far, the name of its tensor file and that file's sha256. Both are written
+atomically, tensors first, and older tensor files are removed only after the JSON names
+the new one: a kill at any moment leaves a JSON naming a complete tensor file (the
+previous step's, at worst). Only the latest checkpoint is kept.
 """
 from __future__ import annotations
 
@@ -30,8 +32,14 @@ class CheckpointState:
 class Checkpoints:
     def __init__(self, out: Path):
         out = Path(out)
-        self.tensors_path = out.with_name(out.stem + ".ckpt.safetensors")
+        self.out = out
         self.json_path = out.with_name(out.stem + ".ckpt.json")
+
+    def tensors_file(self, step: int) -> Path:
+        return self.out.with_name(f"{self.out.stem}.ckpt-{step:07d}.safetensors")
+
+    def _tensor_files(self) -> list[Path]:
+        return sorted(self.out.parent.glob(f"{self.out.stem}.ckpt-*.safetensors"))
 
     def exists(self) -> bool:
         return self.json_path.is_file()
@@ -46,11 +54,15 @@ class Checkpoints:
                     value = torch.tensor(value)
                 tensors[f"opt/{name}/{key}"] = value.detach().cpu().contiguous()
         tensors["rng/torch"] = torch.get_rng_state()
-        self.tensors_path.parent.mkdir(parents=True, exist_ok=True)
-        save_tensors(self.tensors_path, tensors, {"format": FORMAT, "step": str(step)},
-                     atomic=True)
+        path = self.tensors_file(step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_tensors(path, tensors, {"format": FORMAT, "step": str(step)}, atomic=True)
         atomic_write_json(self.json_path, {"format": FORMAT, "step": step, **meta,
-                                           "tensors_sha256": file_sha256(self.tensors_path)})
+                                           "tensors_file": path.name,
+                                           "tensors_sha256": file_sha256(path)})
+        for old in self._tensor_files():  # older steps, and any a kill orphaned
+            if old != path:
+                old.unlink(missing_ok=True)
 
     def load(self, *, recipe_hash: str, train_hash: str, objective: str, heads: list
              ) -> CheckpointState:
@@ -73,16 +85,20 @@ class Checkpoints:
         if meta.get("objective") != objective or meta.get("heads") != heads:
             raise CheckpointError("checkpoint was trained with other heads or another "
                                   "objective; remove it or train without --resume", file=where)
-        if not self.tensors_path.is_file():
-            raise CheckpointError("checkpoint tensors are missing", file=str(self.tensors_path))
-        if file_sha256(self.tensors_path) != meta.get("tensors_sha256"):
-            raise CheckpointError("checkpoint tensors do not match their JSON (torn write?)",
-                                  file=str(self.tensors_path))
-        header = read_header(self.tensors_path)
+        name = meta.get("tensors_file", f"{self.out.stem}.ckpt.safetensors")  # or older
+        if not isinstance(name, str) or Path(name).name != name or not name:
+            raise CheckpointError("tensors_file must name a file beside it", file=where,
+                                  field="tensors_file")
+        path = self.json_path.with_name(name)
+        if not path.is_file():
+            raise CheckpointError("checkpoint tensors are missing", file=str(path))
+        if file_sha256(path) != meta.get("tensors_sha256"):
+            raise CheckpointError("checkpoint tensors do not match their JSON (edited?)",
+                                  file=str(path))
+        header = read_header(path)
         if str(meta.get("step")) != (header.metadata or {}).get("step"):
-            raise CheckpointError("checkpoint step disagrees with its tensors",
-                                  file=str(self.tensors_path))
-        tensors = dict(iter_tensors(self.tensors_path, header))
+            raise CheckpointError("checkpoint step disagrees with its tensors", file=str(path))
+        tensors = dict(iter_tensors(path, header))
         return CheckpointState(int(meta["step"]), meta, tensors)
 
     @staticmethod

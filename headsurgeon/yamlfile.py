@@ -15,6 +15,9 @@ import yaml
 from .errors import ValidationError
 
 MAX_RECIPE_BYTES = 1 << 20
+# values after expanding aliases: a real recipe has a few hundred; "billion laughs" aliases
+# (each anchor repeated ten times by the next) would otherwise take forever to walk
+MAX_NODES = 200_000
 
 
 class _Loader(yaml.SafeLoader):
@@ -39,35 +42,53 @@ def _construct_float(loader, node):
 _Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 
 Lines = dict[tuple, int]
+_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
 
-def _walk(loader: _Loader, node, path: tuple, lines: Lines, file: str) -> Any:
+def _walk(loader: _Loader, node, path: tuple, lines: Lines, file: str,
+          budget: list[int] | None = None) -> Any:
+    budget = budget if budget is not None else [MAX_NODES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ValidationError(f"more than {MAX_NODES} values once aliases are expanded",
+                              file=file, line=node.start_mark.line + 1)
     lines.setdefault(path, node.start_mark.line + 1)
+    if not isinstance(node, yaml.ScalarNode) and node.tag not in _PLAIN_TAGS:
+        # e.g. !!python/object/apply: a safe loader would not run it, but a silently
+        # ignored tag is a recipe that means something else than it says
+        raise ValidationError(f"YAML tag {node.tag} is not supported", file=file,
+                              line=node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 raise ValidationError("keys must be plain scalars", file=file,
                                       line=key_node.start_mark.line + 1)
-            key = loader.construct_object(key_node)
             if key_node.tag == "tag:yaml.org,2002:merge":
                 raise ValidationError("YAML merge keys (<<) are not supported", file=file,
                                       line=key_node.start_mark.line + 1)
+            key = loader.construct_object(key_node)
             if key in out:
                 raise ValidationError(f"duplicate key {key!r}", file=file,
                                       line=key_node.start_mark.line + 1,
                                       field=".".join(map(str, path + (key,))))
             lines[path + (key,)] = key_node.start_mark.line + 1
-            out[key] = _walk(loader, value_node, path + (key,), lines, file)
+            out[key] = _walk(loader, value_node, path + (key,), lines, file, budget)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_walk(loader, n, path + (i,), lines, file) for i, n in enumerate(node.value)]
+        return [_walk(loader, n, path + (i,), lines, file, budget)
+                for i, n in enumerate(node.value)]
     return loader.construct_object(node, deep=True)
 
 
 def load_yaml_text(text: str, file: str = "<recipe>") -> tuple[Any, Lines]:
     lines: Lines = {}
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # checks the characters: may raise ReaderError
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise ValidationError(f"character {chr(exc.character)!r} is not allowed in YAML",
+                              file=file, line=line) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -88,18 +109,11 @@ def load_yaml_text(text: str, file: str = "<recipe>") -> tuple[Any, Lines]:
 
 def load_yaml(path: str | Path) -> tuple[Any, Lines, str]:
     """Read a YAML file; returns (data, lines, text)."""
+    from .inputs import read_input
+
     path = Path(path)
     name = str(path)
-    try:
-        if path.stat().st_size > MAX_RECIPE_BYTES:
-            raise ValidationError(f"larger than {MAX_RECIPE_BYTES} bytes; not a recipe", file=name)
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ValidationError("no such file", file=name) from None
-    except IsADirectoryError:
-        raise ValidationError("is a directory, not a recipe file", file=name) from None
-    except OSError as exc:
-        raise ValidationError(f"cannot read: {exc.strerror}", file=name) from None
+    raw = read_input(path, limit=MAX_RECIPE_BYTES, what="recipe file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -58,18 +58,46 @@ def test_writer_output_reads_in_safetensors_and_keeps_order(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))
 
 
-def test_raw_header_rewrite_is_byte_identical(tmp_path):
+@pytest.mark.parametrize("writeback", [False, True])
+def test_raw_header_rewrite_is_byte_identical(tmp_path, monkeypatch, writeback):
     save_file(_tensors(), tmp_path / "x.safetensors", metadata={"format": "pt"})
     src = tmp_path / "x.safetensors"
     h = sio.read_header(src)
+    started = []
+    real = sio.start_writeback
+    monkeypatch.setattr(sio, "start_writeback", lambda fd, off, n: (started.append((off, n)),
+                                                                     real(fd, off, n)))
     with open(src, "rb") as fin, sio.SafetensorsWriter(tmp_path / "z.safetensors",
-                                                       raw_header=h.raw) as w:
+                                                       raw_header=h.raw,
+                                                       writeback=writeback) as w:
         for name, info in h.tensors.items():
             if name == "b.weight":
                 w.write(name, sio.read_tensor(src, name, h))
             else:
                 w.copy_from(name, fin.fileno(), h.data_start + info.begin)
     assert (tmp_path / "z.safetensors").read_bytes() == src.read_bytes()
+    if writeback:  # every data byte's writeback was started, exactly once
+        assert sorted(started) == sorted((h.data_start + i.begin, i.nbytes)
+                                         for i in h.tensors.values() if i.nbytes)
+    else:
+        assert started == []
+
+
+def test_writer_refuses_bytes_off_their_offsets(tmp_path, monkeypatch):
+    """A copy that lands short is caught where it happens, before anything is hashed."""
+    save_file(_tensors(), tmp_path / "x.safetensors")
+    src = tmp_path / "x.safetensors"
+    h = sio.read_header(src)
+    real = sio.copy_range
+    monkeypatch.setattr(sio, "copy_range", lambda s, d, off, n, **k: real(s, d, off, n - 1, **k))
+    with pytest.raises(CheckpointError, match="ends at byte") as ei:
+        with open(src, "rb") as fin, sio.SafetensorsWriter(tmp_path / "z.safetensors",
+                                                           raw_header=h.raw,
+                                                           atomic=True) as w:
+            for name, info in h.tensors.items():
+                w.copy_from(name, fin.fileno(), h.data_start + info.begin)
+    assert "\n" not in str(ei.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors"]
 
 
 def test_writer_enforces_order_shape_and_completeness(tmp_path):
