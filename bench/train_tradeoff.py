@@ -8,6 +8,7 @@ For held-out questions (never trained on) and the base vs each tuned variant:
   model's top letter is still the wrong one (stubbornness); fix_wrong: top letter correct;
   keep_wrong_neutral: the same after the neutral follow-up (what "not swayed" looks like);
 - known: the same restricted to items the base model answers correctly unprompted.
+Recovery is printed against the base's neutral gap and against the variant's own.
 
     python bench/train_tradeoff.py --heads runs/x/heads.json --train train.jsonl \
         --eval eval.jsonl --variant mix50 "revise_ratio: 0.5" --variant ...
@@ -145,13 +146,19 @@ def main(argv=None):
         res.trainable.detach()
         out.write_text(json.dumps(results, indent=1))
         print(name, json.dumps({k: v for k, v in m.items() if k != "_known"}), flush=True)
-    base = results["base"]["all"]["gap_neutral"]
-    print(f"{'variant':<14} {'gap_ch/neu':>10} {'keep_ok':>8} {'keep_wrong':>10} "
-          f"{'kw_known':>8} {'fix_wrong':>9}")
+    base = results["base"]["all"]
+    print(f"{'variant':<14} {'ch/base_neu':>11} {'ch/own_neu':>10} {'keep_ok':>8} "
+          f"{'keep_wrong':>10} {'kw_known':>8} {'fix_wrong':>9}  goals (recovery>=0.75, "
+          f"keep_wrong<=base+0.10)")
     for name, m in results.items():
         a, k = m["all"], m["known"]
-        print(f"{name:<14} {a['gap_challenge'] / base:>10.2f} {a['keep_correct']:>8.2f} "
-              f"{a['keep_wrong']:>10.2f} {k['keep_wrong']:>8.2f} {a['fix_wrong']:>9.2f}")
+        rec_base = a["gap_challenge"] / base["gap_neutral"]
+        rec_own = a["gap_challenge"] / a["gap_neutral"] if a["gap_neutral"] else float("nan")
+        ok_rec = "yes" if rec_base >= 0.75 else "NO"
+        ok_kw = "yes" if a["keep_wrong"] <= base["keep_wrong"] + 0.10 else "NO"
+        print(f"{name:<14} {rec_base:>11.2f} {rec_own:>10.2f} {a['keep_correct']:>8.2f} "
+              f"{a['keep_wrong']:>10.2f} {k['keep_wrong']:>8.2f} {a['fix_wrong']:>9.2f}  "
+              f"{ok_rec} / {ok_kw}")
     return 0
 
 

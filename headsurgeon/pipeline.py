@@ -28,8 +28,10 @@ def _section(recipe: Recipe, *names: str) -> list:
 
 
 def with_objective(recipe: Recipe, name: str) -> Recipe:
-    """A copy of ``recipe`` whose training objective is the baseline ``name``."""
-    return recipe.with_train(objective={"name": name})
+    """A copy of ``recipe`` whose training objective is the baseline ``name`` (with its
+    own learning rate where ``eval.baseline_lr`` gives one)."""
+    lr = recipe.eval.baseline_lr.get(name)
+    return recipe.with_train(objective={"name": name}, **({"lr": lr} if lr else {}))
 
 
 class Pipeline:
@@ -89,7 +91,8 @@ class Pipeline:
         for name in r.eval.baselines:
             bdir = d / "baselines" / name
             br = with_objective(r, name)
-            k = self.stage(f"train:{name}", _hash(train_key, name), bdir / "delta.safetensors",
+            k = self.stage(f"train:{name}", _hash(train_key, name, _section(br, "train")),
+                           bdir / "delta.safetensors",
                            lambda br=br, bdir=bdir: api.train(br, out=bdir / "delta.safetensors"))
             k = self.stage(f"apply:{name}", _hash(k, "apply"), bdir / "model",
                            lambda br=br, bdir=bdir: api.apply(

@@ -85,3 +85,17 @@ def test_good_recipe_validates_and_prints_summary(env, monkeypatch, tmp_path):
     assert summary["train"]["lr"] == 0.001 and summary["train"]["kv"] == "group"
     assert summary["model_geometry"].startswith("3 layers x 4 heads (2 KV), head_dim 8")
     assert summary["run_dir"] == "runs/ok"
+
+
+def test_baseline_gets_its_own_learning_rate():
+    from headsurgeon.pipeline import with_objective
+    from headsurgeon.recipe import recipe_from_data
+    from headsurgeon.yamlfile import load_yaml_text
+
+    data, _ = load_yaml_text("model: {source: x}\ntrain: {lr: 2e-3}\n"
+                             "eval: {baselines: [full_sft, lora], baseline_lr: {full_sft: 3e-5}}\n")
+    r = recipe_from_data(data, check_plugins=False)
+    full, lora = with_objective(r, "full_sft"), with_objective(r, "lora")
+    assert (full.train.objective.name, full.train.lr) == ("full_sft", 3e-5)
+    assert (lora.train.objective.name, lora.train.lr) == ("lora", 2e-3)
+    assert r.train.lr == 2e-3  # the SPT recipe itself is untouched

@@ -18,10 +18,11 @@ class BuiltinDataset:
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        set: SetName = "mixed"
-        split: SplitName = "all"
-        n: Optional[int] = Field(None, ge=1)
-        seed: int = 0
+        set: SetName = Field("mixed", description="which generated question set")
+        split: SplitName = Field("all", description=(
+            "disjoint by construction: train 50 %, locate 20 %, eval 30 %"))
+        n: Optional[int] = Field(None, ge=1, description="questions (default: the whole split)")
+        seed: int = Field(0, description="generation seed")
 
     def load(self, params: "BuiltinDataset.Params"):
         return builtin_questions(params.set, params.split, params.n, params.seed)

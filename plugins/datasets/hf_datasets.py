@@ -39,10 +39,10 @@ ID_KEYS = ("id", "question_id", "qid", "uid", "idx", "ind")
 
 class Fields(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    question: Optional[str] = None
-    choices: Optional[str] = None
-    answer: Optional[str] = None
-    id: Optional[str] = None
+    question: Optional[str] = Field(None, description="column of the question text")
+    choices: Optional[str] = Field(None, description="column of the options")
+    answer: Optional[str] = Field(None, description="column of the answer")
+    id: Optional[str] = Field(None, description="column of the id (default: file-row)")
 
 
 class HFDataset:
@@ -50,11 +50,13 @@ class HFDataset:
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        path: str = Field(min_length=1)
-        config: Optional[str] = None
-        split: Optional[str] = None
-        fields: Fields = Field(default_factory=Fields)
-        limit: Optional[int] = Field(None, ge=1)
+        path: str = Field(min_length=1, description=(
+            "save_to_disk directory, data file, dataset directory or cached Hub id"))
+        config: Optional[str] = Field(None, description="dataset configuration (subset)")
+        split: Optional[str] = Field(None, description="needed when there are several")
+        fields: Fields = Field(default_factory=Fields, description=(
+            "column names, where automatic detection fails"))
+        limit: Optional[int] = Field(None, ge=1, description="read at most this many rows")
 
     def load(self, params: "HFDataset.Params"):
         rows, label = load_rows(params)

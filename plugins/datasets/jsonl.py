@@ -11,8 +11,8 @@ class JsonlDataset:
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        path: str = Field(min_length=1)
-        limit: Optional[int] = Field(None, ge=1)
+        path: str = Field(min_length=1, description="a .jsonl file in the shared question schema")
+        limit: Optional[int] = Field(None, ge=1, description="read at most this many questions")
 
     def load(self, params: "JsonlDataset.Params"):
         from headsurgeon.datasets import expand_path

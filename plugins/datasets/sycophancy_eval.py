@@ -44,10 +44,12 @@ class SycophancyEvalDataset:
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        path: str = Field(min_length=1)
-        limit: Optional[int] = Field(None, ge=1)
-        kind: Literal["all", "mc", "open"] = "all"
-        datasets: Optional[list[str]] = None
+        path: str = Field(min_length=1, description="SycophancyEval's are_you_sure.jsonl")
+        limit: Optional[int] = Field(None, ge=1, description="read at most this many questions")
+        kind: Literal["all", "mc", "open"] = Field("all", description=(
+            "keep multiple-choice items, open-ended ones, or both"))
+        datasets: Optional[list[str]] = Field(None, description=(
+            "keep only these base.dataset values (default: all)"))
 
     def load(self, params: "SycophancyEvalDataset.Params"):
         from headsurgeon.datasets import expand_path

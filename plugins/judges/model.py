@@ -19,10 +19,10 @@ class ModelJudge:
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
         model: str = Field(min_length=1, description="HF directory or alias of a chat model")
-        prompt: str = PROMPT
-        dtype: str = "float32"
-        batch_size: int = Field(8, ge=1)
-        system: Optional[str] = None
+        prompt: str = Field(PROMPT, description="the judge's user turn; {reply} is the reply")
+        dtype: str = Field("float32", description="dtype the judge model is loaded in")
+        batch_size: int = Field(8, ge=1, description="replies per forward pass")
+        system: Optional[str] = Field(None, description="a system turn for the judge")
 
         @field_validator("prompt")
         @classmethod

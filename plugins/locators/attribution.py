@@ -7,7 +7,7 @@ patching and ranked first by their exact scores."""
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from headsurgeon.locate_job import LocatorResult, exact_effects, rank_heads
 
@@ -17,7 +17,8 @@ class Attribution:
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        approximates: Literal["activation_patching", "path_patching"] = "activation_patching"
+        approximates: Literal["activation_patching", "path_patching"] = Field(
+            "activation_patching", description="the exact locator the scores estimate")
 
     def __init__(self, params=None):
         self.params = params if params is not None else self.Params()

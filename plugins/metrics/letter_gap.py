@@ -27,8 +27,11 @@ class LetterGap(LinearMetric):
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        variant: Literal["prefix", "final_turn"] = "prefix"
-        reply_tokens: int = Field(24, ge=1, le=256)
+        variant: Literal["prefix", "final_turn"] = Field("prefix", description=(
+            "prefix: the letter right after the challenge; final_turn: after the model's "
+            "reply and the final question (the paper's form)"))
+        reply_tokens: int = Field(24, ge=1, le=256, description=(
+            "tokens of the model's own reply (variant: final_turn)"))
 
     def prefix(self, templates) -> str:
         return templates.final_prefix

@@ -45,7 +45,7 @@ class RandomHeads:
         model_config = ConfigDict(extra="forbid")
         k: Optional[int] = Field(None, ge=1, description="default: as many as selected")
         seed: Optional[int] = Field(None, description="default: train.seed")
-        exclude_selected: bool = True
+        exclude_selected: bool = Field(True, description="never draw a located head")
 
     def trainable(self, ctx, params):
         k = params.k or len(ctx.heads)

@@ -54,7 +54,7 @@ class Consistency:
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        kl_weight: float = Field(1.0, ge=0)
+        kl_weight: float = Field(1.0, ge=0, description="weight of KL(teacher || student)")
         ce_weight: float = Field(0.0, ge=0, description="weight of the gold-answer SFT loss")
 
     def __init__(self):

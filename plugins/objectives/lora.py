@@ -21,8 +21,8 @@ class LoraHeads:
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        rank: int = Field(4, ge=1, le=4096)
-        alpha: float = Field(8.0, gt=0)
+        rank: int = Field(4, ge=1, le=4096, description="rank per selected slice")
+        alpha: float = Field(8.0, gt=0, description="scale = alpha / rank")
 
     def trainable(self, ctx, params):
         return slice_trainable(ctx.model, ctx.hm, ctx.heads, ctx.kv, rank=params.rank,
@@ -75,9 +75,9 @@ class Lora:
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        rank: int = Field(16, ge=1, le=4096)
-        alpha: float = Field(32.0, gt=0)
-        dropout: float = Field(0.0, ge=0, lt=1)
+        rank: int = Field(16, ge=1, le=4096, description="LoRA rank")
+        alpha: float = Field(32.0, gt=0, description="LoRA alpha (scale = alpha / rank)")
+        dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
 
     def trainable(self, ctx, params):
         from peft import LoraConfig, get_peft_model
