@@ -357,18 +357,6 @@ class Recipe(Strict):
                     raise ValueError(f"item {i} ({h!r}) is not [layer, head] (two integers)")
         return v
 
-    @model_validator(mode="after")
-    def _sweep_points_are_train_fields(self):
-        base = self.train.model_dump(by_alias=True)
-        for i, point in enumerate(self.sweep.points):
-            try:
-                TrainSection.model_validate({**base, **point.train_overrides})
-            except pydantic.ValidationError as exc:
-                err = exc.errors()[0]
-                raise ValueError(f"sweep.points.{i}.{'.'.join(map(str, err['loc']))}: "
-                                 f"{_message(err)}") from None
-        return self
-
     def with_train(self, **overrides) -> "Recipe":
         """A copy whose ``train`` section has ``overrides`` applied (validated)."""
         merged = {**self.train.model_dump(by_alias=True), **overrides}
@@ -503,7 +491,24 @@ def recipe_from_data(data: Any, *, file: str = "<recipe>", lines: Lines | None =
             refs = list(enumerate(value)) if is_list else [(None, value)]
             for i, ref in refs:
                 _validate_plugin_ref(ref, kind, fpath + ((i,) if i is not None else ()), recipe)
+    _validate_sweep_points(recipe, check_plugins)
     return recipe
+
+
+def _validate_sweep_points(recipe: Recipe, check_plugins: bool) -> None:
+    """Each sweep point's ``train`` overrides (and objective plugin) are checked now, with
+    the point's own line, rather than when the sweep reaches it."""
+    for i, point in enumerate(recipe.sweep.points):
+        where = f"sweep.points.{i}"
+        try:
+            trained = recipe.with_train(**point.train_overrides)
+        except pydantic.ValidationError as exc:
+            err = exc.errors()[0]
+            sub = ".".join(map(str, _loc_to_field(err["loc"])))
+            raise recipe.error(f"{where}.{sub}" if sub else where, _message(err)) from None
+        if check_plugins and "objective" in point.train_overrides:
+            _validate_plugin_ref(trained.train.objective, "objectives",
+                                 (*where.split("."), "objective"), recipe)
 
 
 def load_recipe(path: str | Path, *, check_plugins: bool = True) -> Recipe:

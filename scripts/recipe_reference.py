@@ -44,8 +44,6 @@ VALIDATOR_NOTES = {
     "ApplySection._size": "a number with an optional unit B, KB, MB, GB, KiB, MiB, GiB",
     "Recipe._heads_shape": "each item is `[layer, head]`, two integers (validate: within "
                            "the model)",
-    "Recipe._sweep_points_are_train_fields": "every sweep point, applied to `train`, must "
-                                             "give a valid `train` section",
     "ModelJudge.Params._has_reply": "must contain `{reply}`",
 }
 
@@ -54,7 +52,9 @@ EXTRA_KEYS = {
     "PluginRef": "Every other key is a parameter of the named plugin, checked by its `Params` "
                  "(below).",
     "SweepPoint": "Every other key overrides the `train` key of that name for this point "
-                  "(e.g. `revise_ratio: 0.3`, `steps: 80`, `objective: sft_kl`).",
+                  "(e.g. `revise_ratio: 0.3`, `steps: 80`, `objective: sft_kl`); "
+                  "`validate` checks each point applied to `train`, objective parameters "
+                  "included, and names the point's line.",
 }
 
 INTRO = """\

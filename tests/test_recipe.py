@@ -99,3 +99,23 @@ def test_baseline_gets_its_own_learning_rate():
     assert (full.train.objective.name, full.train.lr) == ("full_sft", 3e-5)
     assert (lora.train.objective.name, lora.train.lr) == ("lora", 2e-3)
     assert r.train.lr == 2e-3  # the SPT recipe itself is untouched
+
+
+@pytest.mark.parametrize("point,field,message", [
+    ("{revise_ratio: 1.7}", "sweep.points.1.revise_ratio",
+     "Input should be less than or equal to 1"),
+    ("{stepz: 3}", "sweep.points.1.stepz", "unknown key"),
+    ("{objective: {name: sft_kl, kl_wieght: 0.5}}", "sweep.points.1.objective.kl_wieght",
+     "unknown key"),
+    ("{objective: nosuch}", "sweep.points.1.objective.name", "no plugin registers objective"),
+])
+def test_sweep_points_are_checked_at_their_own_line(point, field, message, tmp_path):
+    from headsurgeon.errors import ValidationError
+    from headsurgeon.recipe import load_recipe
+
+    p = tmp_path / "r.yaml"
+    p.write_text("model: {source: x}\nsweep:\n  points:\n    - {revise_ratio: 0.3}\n"
+                 f"    - {point}\n")
+    with pytest.raises(ValidationError) as e:
+        load_recipe(p)
+    assert str(e.value).startswith(f"{p}:5: {field}: {message}"), str(e.value)
