@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import torch
+from pydantic import BaseModel, ConfigDict
 import torch.nn.functional as F
 
 from .heads import HeadMap
@@ -133,3 +134,18 @@ def kl_to_base(model, trainable, batch: TrainBatch) -> torch.Tensor:
     kl = (base_logp.exp() * (base_logp - logp)).sum(-1)
     mask = batch.attention_mask.to(kl.dtype)
     return (kl * mask).sum() / mask.sum()
+
+
+class StrictParams(BaseModel):
+    """Base of an objective's ``Params``: an unknown key in the recipe is an error."""
+    model_config = ConfigDict(extra="forbid")
+
+
+class CrossEntropyObjective:
+    """Cross-entropy on the dialogues' chosen assistant turns (the paper's loss). The
+    objectives that train with it differ only in what they make trainable."""
+    Params = StrictParams
+
+    def loss(self, ctx, model, trainable, batch, params):
+        ce = lm_loss(model, batch)
+        return ce, {"ce": float(ce.detach())}

@@ -128,9 +128,8 @@ class NdifServer:
         self._wait("s3", lambda: _http_ok(f"http://{LOOPBACK}:{self.ports['s3']}/"), 30)
 
     def start_api(self) -> None:
-        self._spawn("api", [sys.executable, "-m", "uvicorn", "ndif.services.api.app:app",
-                            "--host", LOOPBACK, "--port", str(self.ports["api"]),
-                            "--log-level", "warning"])
+        self._spawn("api", [sys.executable, str(HERE / "ndif_api.py"), LOOPBACK,
+                            str(self.ports["api"])])
         self._wait("api", lambda: _http_ok(f"{self.host}/ping"), 60)
 
     def start_worker(self) -> None:

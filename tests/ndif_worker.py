@@ -21,7 +21,6 @@ import hashlib
 import importlib.abc
 import json
 import os
-import pickle
 import signal
 import sys
 import time
@@ -55,6 +54,7 @@ from ndif.common.providers.redis import RedisProvider  # noqa: E402
 from ndif.common.schema import BackendRequestModel, Status  # noqa: E402
 from ndif.services.ray.deployments.modeling.base import BaseModelDeployment  # noqa: E402
 from nnsight.modeling.huggingface import HuggingFaceModel  # noqa: E402
+import ndif_queue  # noqa: E402  (beside this file: the JSON request queue)
 
 CONNECTED_TTL_S = 3
 
@@ -133,7 +133,7 @@ async def main() -> None:
             continue
         await RedisProvider.async_client.set("hs:busy", "1")
         try:
-            await serve(pickle.loads(item[1]), deployments)  # ndif's own queue format
+            await serve(ndif_queue.loads(item[1]), deployments)  # JSON: see ndif_queue
         finally:
             await RedisProvider.async_client.delete("hs:busy")
     await beat

@@ -117,14 +117,19 @@ def test_recipe_structured(data):
             assert ".." not in Path(r.apply.output).parts
 
 
+def _load_bytes(raw: bytes, name: str, loader) -> None:
+    """Write ``raw`` to a file called ``name`` and load it: a clean error or a result."""
+    p = TMP / name
+    p.write_bytes(raw)
+    _fails_cleanly(loader, p)
+
+
 @_settings("recipe: file bytes")
 @given(st.binary(max_size=300))
 def test_recipe_file_bytes(raw):
     from headsurgeon.recipe import load_recipe
 
-    p = TMP / "r.yaml"
-    p.write_bytes(raw)
-    _fails_cleanly(load_recipe, p)
+    _load_bytes(raw, "r.yaml", load_recipe)
 
 
 # ---------------------------------------------------------------- data files
@@ -148,9 +153,7 @@ def question_records(draw):
 def test_jsonl_bytes(raw):
     from headsurgeon.questions import read_jsonl
 
-    p = TMP / "q.jsonl"
-    p.write_bytes(raw)
-    _fails_cleanly(read_jsonl, p)
+    _load_bytes(raw, "q.jsonl", read_jsonl)
 
 
 @_settings("jsonl: records")

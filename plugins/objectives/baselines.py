@@ -6,27 +6,20 @@
 import random
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from headsurgeon.objectives import lm_loss
+from headsurgeon.objectives import CrossEntropyObjective, StrictParams
 from headsurgeon.trainable import FullTrainable, slice_trainable
 
 
-class FullSFT:
+class FullSFT(CrossEntropyObjective):
     name = "full_sft"
     needs_heads = False
-
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
 
     def trainable(self, ctx, params):
         t = FullTrainable(ctx.model, ctx.checkpoint_names)
         t.touched_heads = [list(h) for h in ctx.hm.all_heads()]
         return t
-
-    def loss(self, ctx, model, trainable, batch, params):
-        ce = lm_loss(model, batch)
-        return ce, {"ce": float(ce.detach())}
 
 
 def random_heads(hm, k: int, seed: int, exclude=()) -> list[tuple[int, int]]:
@@ -37,12 +30,11 @@ def random_heads(hm, k: int, seed: int, exclude=()) -> list[tuple[int, int]]:
     return sorted(random.Random(seed).sample(pool, k))
 
 
-class RandomHeads:
+class RandomHeads(CrossEntropyObjective):
     name = "random_heads"
     needs_heads = True  # K and the excluded heads come from the selection
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    class Params(StrictParams):
         k: Optional[int] = Field(None, ge=1, description="default: as many as selected")
         seed: Optional[int] = Field(None, description="default: train.seed")
         exclude_selected: bool = Field(True, description="never draw a located head")
@@ -52,7 +44,3 @@ class RandomHeads:
         seed = ctx.seed if params.seed is None else params.seed
         heads = random_heads(ctx.hm, k, seed, ctx.heads if params.exclude_selected else ())
         return slice_trainable(ctx.model, ctx.hm, heads, ctx.kv, seed=ctx.seed)
-
-    def loss(self, ctx, model, trainable, batch, params):
-        ce = lm_loss(model, batch)
-        return ce, {"ce": float(ce.detach())}

@@ -18,9 +18,10 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from headsurgeon.objectives import TrainBatch, lm_loss, right_pad, safe_pad_id
+from headsurgeon.objectives import (StrictParams, TrainBatch, lm_loss, right_pad,
+                                     safe_pad_id)
 from headsurgeon.probes import encode, left_pad, letter_token_ids, render
 from headsurgeon.trainable import slice_trainable
 
@@ -52,8 +53,7 @@ class Consistency:
     name = "consistency"
     needs_heads = True
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    class Params(StrictParams):
         kl_weight: float = Field(1.0, ge=0, description="weight of KL(teacher || student)")
         ce_weight: float = Field(0.0, ge=0, description="weight of the gold-answer SFT loss")
 

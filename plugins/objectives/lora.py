@@ -8,29 +8,24 @@ merged into whole-tensor deltas.
 import contextlib
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from headsurgeon.delta import DeltaSlice
-from headsurgeon.objectives import lm_loss
+from headsurgeon.objectives import CrossEntropyObjective, StrictParams
 from headsurgeon.trainable import Trainable, slice_trainable
 
 
-class LoraHeads:
+class LoraHeads(CrossEntropyObjective):
     name = "lora_heads"
     needs_heads = True
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    class Params(StrictParams):
         rank: int = Field(4, ge=1, le=4096, description="rank per selected slice")
         alpha: float = Field(8.0, gt=0, description="scale = alpha / rank")
 
     def trainable(self, ctx, params):
         return slice_trainable(ctx.model, ctx.hm, ctx.heads, ctx.kv, rank=params.rank,
                                scale=params.alpha / params.rank, seed=ctx.seed)
-
-    def loss(self, ctx, model, trainable, batch, params):
-        ce = lm_loss(model, batch)
-        return ce, {"ce": float(ce.detach())}
 
 
 class PeftTrainable(Trainable):
@@ -69,12 +64,11 @@ class PeftTrainable(Trainable):
         return self.peft_model.unload()
 
 
-class Lora:
+class Lora(CrossEntropyObjective):
     name = "lora"
     needs_heads = False
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    class Params(StrictParams):
         rank: int = Field(16, ge=1, le=4096, description="LoRA rank")
         alpha: float = Field(32.0, gt=0, description="LoRA alpha (scale = alpha / rank)")
         dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
@@ -89,7 +83,3 @@ class Lora:
                          target_modules="all-linear", bias="none")
         peft_model = get_peft_model(ctx.model, cfg)
         return PeftTrainable(ctx.model, peft_model, ctx.checkpoint_names, ctx.hm)
-
-    def loss(self, ctx, model, trainable, batch, params):
-        ce = lm_loss(model, batch)
-        return ce, {"ce": float(ce.detach())}

@@ -4,34 +4,27 @@
 ``sft_kl``: the same plus ``kl_weight`` x KL(base || tuned) on neutral text, which keeps
 the edit from drifting on everything that is not a challenge dialogue.
 """
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from headsurgeon.objectives import kl_to_base, lm_loss, neutral_batch
+from headsurgeon.objectives import (CrossEntropyObjective, StrictParams, kl_to_base, lm_loss,
+                                     neutral_batch)
 from headsurgeon.trainable import slice_trainable
 
 from .neutral import PASSAGES
 
 
-class SFT:
+class SFT(CrossEntropyObjective):
     name = "sft"
     needs_heads = True
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-
     def trainable(self, ctx, params):
         return slice_trainable(ctx.model, ctx.hm, ctx.heads, ctx.kv, seed=ctx.seed)
-
-    def loss(self, ctx, model, trainable, batch, params):
-        ce = lm_loss(model, batch)
-        return ce, {"ce": float(ce.detach())}
 
 
 class SFTKL(SFT):
     name = "sft_kl"
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    class Params(StrictParams):
         kl_weight: float = Field(1.0, ge=0, description="weight of KL(base || tuned)")
         kl_batch: int = Field(2, ge=1, le=256, description="neutral passages per micro-batch")
         kl_tokens: int = Field(96, ge=2, le=4096, description="tokens per neutral passage")
