@@ -29,8 +29,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from headsurgeon import safetensors_io as sio  # noqa: E402
-from headsurgeon.delta import DeltaSlice, base_tensor_hashes, write_delta  # noqa: E402
+from headsurgeon.model import safetensors_io as sio  # noqa: E402
+
+from headsurgeon.model import safetensors_write as siw
+from headsurgeon.model.delta import DeltaSlice, base_tensor_hashes, write_delta  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
@@ -93,7 +95,7 @@ def build_checkpoint(root: Path, g: dict, shard_bytes: int, dtype: torch.dtype) 
     for i, group in enumerate(groups, 1):
         fname = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
         entries = [(n, sio.dtype_tag(dtype), s) for n, s in group]
-        with sio.SafetensorsWriter(root / fname, entries, {"format": "pt"}) as w:
+        with siw.SafetensorsWriter(root / fname, entries, {"format": "pt"}) as w:
             for name, shape in group:
                 numel = torch.Size(shape).numel()
                 parts, left = [], numel
@@ -115,7 +117,7 @@ def build_checkpoint(root: Path, g: dict, shard_bytes: int, dtype: torch.dtype) 
 
 
 def build_delta(base: Path, path: Path, heads, config) -> Path:
-    from headsurgeon.heads import HeadMap
+    from headsurgeon.model.heads import HeadMap
 
     idx = sio.read_checkpoint_index(base)
     hm = HeadMap.from_config(config, param_names=list(idx))
@@ -136,10 +138,10 @@ def build_delta(base: Path, path: Path, heads, config) -> Path:
 # (large) parent, whose high-water mark Linux carries over the child's fork + exec.
 HWM = ("def hwm():\n    for line in open('/proc/self/status'):\n        if line.startswith("
        "'VmHWM:'):\n            return int(line.split()[1])\n")
-APPLY = (HWM + "import json, sys, time\nfrom headsurgeon.apply import apply_delta\n"
+APPLY = (HWM + "import json, sys, time\nfrom headsurgeon.apply.run import apply_delta\n"
          "t = time.perf_counter()\napply_delta(*sys.argv[1:4], progress=False)\n"
          "dt = time.perf_counter() - t\nprint(json.dumps({'seconds': dt, 'rss_kb': hwm()}))")
-BASELINE = (HWM + "import json, torch, headsurgeon.apply\n"
+BASELINE = (HWM + "import json, torch, headsurgeon.apply.run\n"
             "print(json.dumps({'rss_kb': hwm()}))")
 
 

@@ -48,14 +48,14 @@ def main(argv=None):
     a = ap.parse_args(argv)
 
     import locate_naive as naive
-    from headsurgeon.backend import TorchEngine, pad_left
-    from headsurgeon.heads import HeadMap
-    from headsurgeon.knockout import choose_k, run_knockout
-    from headsurgeon.locate_job import LocateJob, exact_effects, rank_heads, spearman
-    from headsurgeon.locate_probes import build_probes
-    from headsurgeon.models import load_model
-    from headsurgeon.questions import read_jsonl, require_mc, shuffled
-    from headsurgeon.recipe import Templates
+    from headsurgeon.locate.backend import TorchEngine, pad_left
+    from headsurgeon.model.heads import HeadMap
+    from headsurgeon.locate.knockout import choose_k, run_knockout
+    from headsurgeon.locate.job import LocateJob, exact_effects, rank_heads, spearman
+    from headsurgeon.locate.probes import build_probes
+    from headsurgeon.model.sources import load_model
+    from headsurgeon.data.questions import read_jsonl, require_mc, shuffled
+    from headsurgeon.core.recipe import Templates
     from headsurgeon_plugins.locators.attribution import Attribution
     from headsurgeon_plugins.metrics.letter_gap import LetterGap
 
@@ -166,7 +166,7 @@ def transformer_lens_check(rm, tok, hm, p, K, heads, sub, exact):
         from transformer_lens.model_bridge import TransformerBridge
     except ImportError:
         return None
-    from headsurgeon.models import load_model
+    from headsurgeon.model.sources import load_model
 
     model2, _, _ = load_model(rm)
     br = TransformerBridge.boot_transformers(str(rm.path), hf_model=model2, tokenizer=tok)

@@ -25,24 +25,24 @@ from pathlib import Path
 
 import torch
 
-from headsurgeon import plugins
-from headsurgeon.dialogues import build_dialogues, build_pools, tokenize_all
-from headsurgeon.heads import HeadMap
-from headsurgeon.models import load_model
-from headsurgeon.objectives import ObjectiveContext, right_pad, safe_pad_id
-from headsurgeon.questions import read_jsonl
-from headsurgeon.recipe import Templates
-from headsurgeon.safetensors_io import read_checkpoint_index
+from headsurgeon.core import plugins
+from headsurgeon.train.dialogues import build_dialogues, build_pools, tokenize_all
+from headsurgeon.model.heads import HeadMap
+from headsurgeon.model.sources import load_model
+from headsurgeon.train.objectives import ObjectiveContext, right_pad, safe_pad_id
+from headsurgeon.data.questions import read_jsonl
+from headsurgeon.core.recipe import Templates
+from headsurgeon.model.safetensors_io import read_checkpoint_index
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def located_heads(source: str, k: int, data: Path) -> list:
     """Top ``k`` heads of the attribution locator on 16 ARC-Easy challenge probes."""
-    from headsurgeon.backend import TorchEngine
-    from headsurgeon.locate_job import LocateJob
-    from headsurgeon.locate_probes import build_probes
-    from headsurgeon.questions import require_mc, shuffled
+    from headsurgeon.locate.backend import TorchEngine
+    from headsurgeon.locate.job import LocateJob
+    from headsurgeon.locate.probes import build_probes
+    from headsurgeon.data.questions import require_mc, shuffled
     from headsurgeon_plugins.locators.attribution import Attribution
     from headsurgeon_plugins.metrics.letter_gap import LetterGap
 
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     print(f"heads {heads} (layers {layers[0]}-{layers[-1]})", file=sys.stderr)
     runners = [Runner(n, args.model, heads) for n in ("sft", "full_sft", "lora")]
     if args.random:
-        from headsurgeon.models import resolve_model
+        from headsurgeon.model.sources import resolve_model
 
         cfg = json.loads((resolve_model(args.model).path / "config.json").read_text())
         rnd = [list(h) for h in sorted(random.Random(0).sample(HeadMap.from_config(cfg)

@@ -25,14 +25,14 @@ from pathlib import Path
 
 import torch
 
-from headsurgeon.dialogues import first_answer_prefix
-from headsurgeon.models import load_model
-from headsurgeon.objectives import safe_pad_id
-from headsurgeon.probes import dialogue, encode, format_question, left_pad, letter_token_ids, render
-from headsurgeon.questions import read_jsonl
-from headsurgeon.recipe import Templates, recipe_from_data
-from headsurgeon.train import train_in_memory
-from headsurgeon.yamlfile import load_yaml_text
+from headsurgeon.train.dialogues import first_answer_prefix
+from headsurgeon.model.sources import load_model
+from headsurgeon.train.objectives import safe_pad_id
+from headsurgeon.data.dialogue import dialogue, encode, format_question, left_pad, letter_token_ids, render
+from headsurgeon.data.questions import read_jsonl
+from headsurgeon.core.recipe import Templates, recipe_from_data
+from headsurgeon.train.run import train_in_memory
+from headsurgeon.core.yamlfile import load_yaml_text
 
 
 @torch.no_grad()

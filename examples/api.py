@@ -15,8 +15,8 @@ import json
 import sys
 
 from headsurgeon import api
-from headsurgeon.errors import HeadsurgeonError
-from headsurgeon.recipe import load_recipe
+from headsurgeon.core.errors import HeadsurgeonError
+from headsurgeon.core.recipe import load_recipe
 
 STAGES = ("validate", "locate", "train", "apply", "evaluate")
 

@@ -1,4 +1,4 @@
 """``python -m headsurgeon`` (and ``accelerate launch -m headsurgeon train ...``)."""
-from .cli import main
+from headsurgeon.cli import main
 
 main()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .errors import HeadsurgeonError
+from headsurgeon import __version__
+from headsurgeon.core.errors import HeadsurgeonError
 
 # existence, type and size of a recipe are checked by the loader, in one-line errors
 recipe_arg = click.argument("recipe", type=click.Path(path_type=Path))
@@ -22,7 +22,7 @@ recipe_arg = click.argument("recipe", type=click.Path(path_type=Path))
 
 class _Group(click.Group):
     def invoke(self, ctx):
-        from .nopickle import refuse_unpickling
+        from headsurgeon.core.nopickle import refuse_unpickling
 
         try:
             with refuse_unpickling():  # every command: no unpickling, whatever calls it
@@ -46,7 +46,7 @@ class _Group(click.Group):
 
 
 def _fail(message: str, code: int):
-    from .inputs import redact
+    from headsurgeon.core.inputs import redact
 
     if os.environ.get("HEADSURGEON_DEBUG"):
         traceback.print_exc()
@@ -65,7 +65,7 @@ def cli():
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def validate(recipe, as_json):
     """Load and check RECIPE, then print a short normalised summary."""
-    from . import api
+    from headsurgeon import api
 
     summary = api.validate(recipe)
     if as_json:
@@ -83,7 +83,7 @@ def validate(recipe, as_json):
 @click.option("--resume", is_flag=True, help="Collect finished remote jobs instead of resubmitting.")
 def locate(recipe, out, remote, resume):
     """Score every head and write the ranking, heatmap and knockout curve."""
-    from . import api
+    from headsurgeon import api
 
     path = api.locate(recipe, out=out, remote=remote, resume=resume)
     click.echo(f"wrote {path}")
@@ -95,7 +95,7 @@ def locate(recipe, out, remote, resume):
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint.")
 def train(recipe, out, resume):
     """Train only the selected heads' slices; write the delta artifact."""
-    from . import api
+    from headsurgeon import api
 
     path = api.train(recipe, out=out, resume=resume)
     click.echo(f"wrote {path}")
@@ -111,7 +111,7 @@ def train(recipe, out, resume):
               help="Accept .bin/.pt bases (loaded with weights_only=True).")
 def apply(recipe, base, delta, out, force, allow_pickle):
     """Merge trained head slices into a standalone safetensors checkpoint."""
-    from . import api
+    from headsurgeon import api
 
     if recipe is None and not (base and delta and out):
         raise click.UsageError("give RECIPE, or all of --base, --delta and --out")
@@ -126,7 +126,7 @@ def apply(recipe, base, delta, out, force, allow_pickle):
               help="Evaluate this model (directory/alias) instead of the recipe's run.")
 def eval_(recipe, models):
     """Before/after sycophancy metrics, general ability and KL."""
-    from . import api
+    from headsurgeon import api
 
     path = api.evaluate(recipe, models=list(models) or None)
     click.echo(f"wrote {path}")
@@ -137,7 +137,7 @@ def eval_(recipe, models):
 @click.option("--force", is_flag=True, help="Redo stages even when their outputs are up to date.")
 def run(recipe, force):
     """locate -> train -> apply -> eval -> report, under runs/NAME/."""
-    from . import api
+    from headsurgeon import api
 
     path = api.run(recipe, force=force)
     click.echo(f"report: {path}")
@@ -149,14 +149,14 @@ def run(recipe, force):
 @click.option("--json", "as_json", is_flag=True)
 def inspect(checkpoint, against, as_json):
     """Which tensors of CHECKPOINT differ, and which heads' slices."""
-    from . import api
+    from headsurgeon import api
 
     report, text = api.inspect(checkpoint, against=against)
     click.echo(json.dumps(report, indent=2) if as_json else text)
 
 
 def main(argv=None):
-    from .plugins import add_plugin_commands
+    from headsurgeon.core.plugins import add_plugin_commands
 
     try:
         add_plugin_commands(cli)

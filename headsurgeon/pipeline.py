@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .atomic import atomic_write_json
-from .recipe import Recipe
+from headsurgeon.core.atomic import atomic_write_json
+from headsurgeon.core.recipe import Recipe
 
 STATE_FILE = "pipeline.json"
 
@@ -62,30 +62,34 @@ class Pipeline:
         return key
 
     def run(self) -> Path:
-        from . import api
+        from headsurgeon.apply.run import apply_recipe
+        from headsurgeon.evaluate.run import evaluate
+        from headsurgeon.locate.run import locate
+        from headsurgeon.model.heads_file import selected_heads
+        from headsurgeon.train.run import train
 
         r, d = self.recipe, self.run_dir
         base_key = _hash(_section(r, "model", "templates"))
         if r.heads is None:
             loc_key = _hash(base_key, _section(r, "locate"), r.data.model_dump(mode="json"))
             self.stage("locate", loc_key, d / "heads.json",
-                       lambda: api.locate(r, out=d / "heads.json"))
+                       lambda: locate(r, d / "heads.json"))
         else:
             loc_key = _hash(base_key, _section(r, "heads"))
         train_key = _hash(loc_key, _section(r, "train", "data", "sweep"))
         if r.sweep.points:
-            from .sweep import run_sweep, ship_chosen
+            from headsurgeon.sweep import run_sweep, ship_chosen
 
             def sweep_and_ship():
-                doc = run_sweep(r, d, api.selected_heads(r, run_dir=d))
+                doc = run_sweep(r, d, selected_heads(r, run_dir=d))
                 ship_chosen(d, doc, d / "delta.safetensors")
             self.stage("sweep+train", train_key, d / "delta.safetensors", sweep_and_ship)
         else:
             self.stage("train", train_key, d / "delta.safetensors",
-                       lambda: api.train(r, out=d / "delta.safetensors"))
+                       lambda: train(r, d / "delta.safetensors"))
         apply_key = _hash(train_key, _section(r, "apply"))
         self.stage("apply", apply_key, d / "model",
-                   lambda: api.apply(r, delta=d / "delta.safetensors", out=d / "model",
+                   lambda: apply_recipe(r, delta=d / "delta.safetensors", out=d / "model",
                                      force=True))
         keys = [apply_key]
         for name in r.eval.baselines:
@@ -93,16 +97,16 @@ class Pipeline:
             br = with_objective(r, name)
             k = self.stage(f"train:{name}", _hash(train_key, name, _section(br, "train")),
                            bdir / "delta.safetensors",
-                           lambda br=br, bdir=bdir: api.train(br, out=bdir / "delta.safetensors"))
+                           lambda br=br, bdir=bdir: train(br, bdir / "delta.safetensors"))
             k = self.stage(f"apply:{name}", _hash(k, "apply"), bdir / "model",
-                           lambda br=br, bdir=bdir: api.apply(
+                           lambda br=br, bdir=bdir: apply_recipe(
                                br, delta=bdir / "delta.safetensors", out=bdir / "model",
                                force=True))
             keys.append(k)
         eval_key = _hash(keys, _section(r, "eval", "data"))
-        self.stage("eval", eval_key, d / "metrics.json", lambda: api.evaluate(r))
-        from .report import format_summary, write_report
-        from .sweep import plot_frontier
+        self.stage("eval", eval_key, d / "metrics.json", lambda: evaluate(r))
+        from headsurgeon.report.report import format_summary, write_report
+        from headsurgeon.sweep import plot_frontier
 
         def report():
             plot_frontier(d, _read(d / "metrics.json"), _read(d / "sweep.json"))

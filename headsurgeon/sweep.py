@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .atomic import atomic_write_bytes, atomic_write_json
-from .recipe import Recipe
+from headsurgeon.core.atomic import atomic_write_bytes, atomic_write_json
+from headsurgeon.core.recipe import Recipe
 
 SWEEP_FILE = "sweep.json"
 
@@ -51,9 +51,9 @@ def choose(points: list[dict], base_correction: Optional[float], max_drop: float
 
 def run_sweep(recipe: Recipe, run_dir: Path, heads: list, *, progress: bool = True) -> dict:
     """Train and measure every point; write each delta under ``sweep/`` and ``sweep.json``."""
-    from .evaluate import evaluate_model, load_eval_items, make_judge
-    from .models import load_model
-    from .train import train_in_memory, write_outputs
+    from headsurgeon.evaluate.run import evaluate_model, load_eval_items, make_judge
+    from headsurgeon.model.sources import load_model
+    from headsurgeon.train.run import train_in_memory, write_outputs
 
     sw = recipe.sweep
     items = load_eval_items(recipe)[: sw.n_items]
@@ -112,7 +112,7 @@ def _safe(name: str) -> str:
 def plot_frontier(run_dir: Path, metrics: Optional[dict], sweep: Optional[dict]) -> Optional[Path]:
     """Keeps-right (prefilled right, known items) vs Correction (prefilled wrong, known
     items) for every sweep point and every evaluated model."""
-    from .report import model_row
+    from headsurgeon.report.report import model_row
 
     pts = []
     for p in (sweep or {}).get("points", []):

@@ -13,7 +13,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
     """One tiny random model directory per supported architecture."""
-    from headsurgeon.testing import TINY_ARCHS, build_tiny
+    from headsurgeon.model.tiny import TINY_ARCHS, build_tiny
 
     base = tmp_path_factory.mktemp("tiny")
     return {arch: build_tiny(arch, base / arch) for arch in TINY_ARCHS}

@@ -10,7 +10,7 @@ def build_eval_tiny(arch: str, out: Path, *, scale: float = 3.0) -> Path:
     are peaked (greedy decoding has no near-ties) and it is a usable judge/generator."""
     from transformers import AutoModelForCausalLM
 
-    from headsurgeon.testing import build_tiny
+    from headsurgeon.model.tiny import build_tiny
 
     build_tiny(arch, out)
     model = AutoModelForCausalLM.from_pretrained(out)

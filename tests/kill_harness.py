@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVER = r"""
 import json, os, sys
 import torch, transformers  # noqa: F401 - warm imports, shared by every child
-import headsurgeon.train, headsurgeon.locate, headsurgeon.apply  # noqa: F401
+import headsurgeon.train.run, headsurgeon.locate.run, headsurgeon.apply.run  # noqa: F401
 from headsurgeon.cli import main
 torch.set_num_threads(1)
 print("ready", flush=True)

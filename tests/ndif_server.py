@@ -192,7 +192,7 @@ def _http_ok(url: str) -> bool:
 @pytest.fixture(scope="session")
 def ndif_server(tmp_path_factory):
     """A running loopback NDIF server with a tiny llama registered as TINY_REPO."""
-    from headsurgeon.testing import build_tiny
+    from headsurgeon.model.tiny import build_tiny
 
     base = tmp_path_factory.mktemp("ndif")
     server = NdifServer(base / "server")

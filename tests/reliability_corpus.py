@@ -105,7 +105,7 @@ class Workspace:
     question file, and the environment the cases run with."""
 
     def __init__(self, root: Path):
-        from headsurgeon.testing import build_tiny
+        from headsurgeon.model.tiny import build_tiny
 
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
@@ -204,7 +204,7 @@ def normalise(text: str, d: Path, ws: Workspace) -> str:
 
 
 def expected_pattern(case: Case) -> re.Pattern:
-    from headsurgeon import plugins
+    from headsurgeon.core import plugins
 
     subs = {"{%s}" % kind: ", ".join(sorted(plugins.registry(kind)))
             for kind in ("objectives", "locators", "datasets")}
@@ -298,7 +298,7 @@ OTHER_CHECKS = [
     "- **No unpickling**: `tests/test_reliability_pickle.py` scans `headsurgeon/` and "
     "`plugins/` (no `pickle`/`dill`/`joblib`/`shelve`/`marshal` loads, `torch.load` only "
     "with `weights_only=True`, no `allow_pickle=True`); at run time every CLI command runs "
-    "under `headsurgeon.nopickle.refuse_unpickling()`, an audit hook that refuses "
+    "under `headsurgeon.core.nopickle.refuse_unpickling()`, an audit hook that refuses "
     "unrestricted unpickling.",
     "- **Disk full, concurrent apply**: `tests/test_reliability_disk.py` makes writes fail "
     "with ENOSPC after N bytes (apply, train, locate: one-line error, exit 1, no partial "

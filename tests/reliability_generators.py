@@ -18,9 +18,9 @@ HEADS = [[1, 2], [2, 0]]
 
 def make_delta(base: Path, path: Path, *, seed: int = 0) -> Path:
     """A random delta over every q/k/v/o slice of HEADS (HeadMap geometry)."""
-    from headsurgeon import safetensors_io as sio
-    from headsurgeon.delta import DeltaSlice, base_tensor_hashes, write_delta
-    from headsurgeon.heads import HeadMap
+    from headsurgeon.model import safetensors_io as sio
+    from headsurgeon.model.delta import DeltaSlice, base_tensor_hashes, write_delta
+    from headsurgeon.model.heads import HeadMap
 
     idx = sio.read_checkpoint_index(base)
     hm = HeadMap.from_config(json.loads((base / "config.json").read_text()),
@@ -106,13 +106,14 @@ def g_header(d, ws, edit, file="shard"):
         p.write_bytes(b"\x10\x00")
         return
     elif edit == "shape_vs_config":  # a consistent file whose q_proj contradicts config
-        from headsurgeon import safetensors_io as sio
+        from headsurgeon.model import safetensors_io as sio
+        from headsurgeon.model import safetensors_write as siw
 
         ts = dict(sio.iter_tensors(p))
         ts["model.layers.0.self_attn.q_proj.weight"] = torch.zeros(16, 32)
         meta = sio.read_header(p).metadata
         p.unlink()
-        sio.save_tensors(p, ts, meta)
+        siw.save_tensors(p, ts, meta)
         return
     else:
         raise ValueError(edit)
@@ -167,7 +168,7 @@ def g_pickle(d, ws, evil=False, name="pytorch_model.bin"):
     if evil:
         torch.save({"w": _Evil()}, target)
     else:
-        from headsurgeon import safetensors_io as sio
+        from headsurgeon.model import safetensors_io as sio
 
         torch.save(dict(sio.iter_tensors(ws.single / "model.safetensors")), target)
 
@@ -221,10 +222,10 @@ def g_foreign_delta(d, ws):
 
 
 def g_plain_safetensors(d, ws, name="delta.safetensors"):
-    from headsurgeon import safetensors_io as sio
+    from headsurgeon.model import safetensors_write as siw
 
     (d / name).unlink(missing_ok=True)
-    sio.save_tensors(d / name, {"x": torch.zeros(2)}, {"format": "pt"})
+    siw.save_tensors(d / name, {"x": torch.zeros(2)}, {"format": "pt"})
 
 
 def g_torch_save(d, ws, file):

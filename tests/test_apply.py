@@ -10,13 +10,16 @@ import struct
 import pytest
 import torch
 
-from headsurgeon import safetensors_io as sio
-from headsurgeon.apply import apply_delta, clean_stale_partials
-from headsurgeon.delta import DeltaSlice, base_tensor_hashes, merge_slice, write_delta
-from headsurgeon.errors import CheckpointError, RuntimeFailure, ValidationError
-from headsurgeon.heads import HeadMap
-from headsurgeon.inspect import format_inspect, inspect_checkpoint
-from headsurgeon.testing import build_tiny
+from headsurgeon.model import safetensors_io as sio
+
+from headsurgeon.model import safetensors_write as siw
+from headsurgeon.apply.locks import clean_stale_partials
+from headsurgeon.apply.run import apply_delta
+from headsurgeon.model.delta import DeltaSlice, base_tensor_hashes, merge_slice, write_delta
+from headsurgeon.core.errors import CheckpointError, RuntimeFailure, ValidationError
+from headsurgeon.model.heads import HeadMap
+from headsurgeon.apply.inspect import format_inspect, inspect_checkpoint
+from headsurgeon.model.tiny import build_tiny
 
 RECIPE = "# a recipe\nmodel: tiny-llama\nheads: [[1, 2], [2, 0]]\ntrain:\n  steps: 5  # ```\n"
 HEADS = [(1, 2), (2, 0)]
@@ -267,7 +270,7 @@ def test_bad_inputs_leave_nothing(tmp_path, tiny, case, monkeypatch):
         (base / "pytorch_model.bin").write_bytes(b"not even a pickle")
         want = ValidationError
     elif case.startswith("enospc"):
-        real = sio._write_all if case == "enospc_rewrite" else sio.copy_range
+        real = siw._write_all if case == "enospc_rewrite" else siw.copy_range
         calls = []
 
         def full(*a, **k):

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import torch
 
-from headsurgeon import safetensors_io as sio
-from headsurgeon.delta import DeltaSlice, base_tensor_hashes, write_delta
-from headsurgeon.heads import HeadMap
-from headsurgeon.inspect import inspect_checkpoint
+from headsurgeon.model import safetensors_io as sio
+
+from headsurgeon.model import safetensors_write as siw
+from headsurgeon.model.delta import DeltaSlice, base_tensor_hashes, write_delta
+from headsurgeon.model.heads import HeadMap
+from headsurgeon.apply.inspect import inspect_checkpoint
 
 HIDDEN, INTER, LAYERS, HEADS, KV, VOCAB = 512, 1408, 6, 8, 4, 1024
 SHARD_BYTES = 8 << 20
@@ -62,7 +64,7 @@ def build_synthetic(root):
     wmap = {}
     for i, group in enumerate(shards, 1):
         fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        sio.save_tensors(root / fname, {n: (torch.randn(*s, generator=g) * 0.02)
+        siw.save_tensors(root / fname, {n: (torch.randn(*s, generator=g) * 0.02)
                                         .to(torch.bfloat16) for n, s in group},
                          {"format": "pt"}, atomic=False)
         wmap.update({n: fname for n, _ in group})
@@ -92,7 +94,7 @@ def make_delta(base, path):
 
 SERVER = r"""
 import os, sys
-from headsurgeon.apply import apply_delta
+from headsurgeon.apply.run import apply_delta
 base, delta, out = sys.argv[1:4]
 print("ready", flush=True)
 for line in sys.stdin:  # "go": fork an apply; the next line: reap it
@@ -109,7 +111,7 @@ for line in sys.stdin:  # "go": fork an apply; the next line: reap it
     print("exit", os.waitpid(pid, 0)[1], flush=True)
 """
 
-FRESH = ("import sys; from headsurgeon.apply import apply_delta; print('ready', flush=True); "
+FRESH = ("import sys; from headsurgeon.apply.run import apply_delta; print('ready', flush=True); "
          "apply_delta(*sys.argv[1:4], progress=False)")
 
 

@@ -10,10 +10,10 @@ import torch
 from click.testing import CliRunner
 
 from headsurgeon.cli import cli
-from headsurgeon.delta import base_tensor_hashes, write_delta
-from headsurgeon.heads import HeadMap
-from headsurgeon.models import load_model
-from headsurgeon.trainable import slice_trainable
+from headsurgeon.model.delta import base_tensor_hashes, write_delta
+from headsurgeon.model.heads import HeadMap
+from headsurgeon.model.sources import load_model
+from headsurgeon.train.trainable import slice_trainable
 
 ALIAS = "smollm2-135m-instruct"
 HEADS = [(3, 1), (11, 4), (24, 8)]

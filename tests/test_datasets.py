@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from headsurgeon import builtin_sets as B
-from headsurgeon import plugins
-from headsurgeon.datasets import load_source, load_stage
-from headsurgeon.errors import ValidationError
-from headsurgeon.questions import LETTERS, check_disjoint
-from headsurgeon.recipe import PluginRef, load_recipe_text
+from headsurgeon.data import builtin_sets as B
+from headsurgeon.core import plugins
+from headsurgeon.data.datasets import load_source, load_stage
+from headsurgeon.core.errors import ValidationError
+from headsurgeon.data.questions import LETTERS, check_disjoint
+from headsurgeon.core.recipe import PluginRef, load_recipe_text
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SYC = FIXTURES / "are_you_sure_sample.jsonl"

@@ -5,11 +5,12 @@ import shutil
 import pytest
 import torch
 
-from headsurgeon.delta import (FORMAT, DeltaSlice, base_tensor_hashes, merge_slice, read_delta,
+from headsurgeon.model.delta import (FORMAT, DeltaSlice, base_tensor_hashes, merge_slice, read_delta,
                                write_delta)
-from headsurgeon.errors import CheckpointError, ValidationError
-from headsurgeon.safetensors_io import read_checkpoint_index, read_header, save_tensors
-from headsurgeon.testing import build_tiny
+from headsurgeon.core.errors import CheckpointError, ValidationError
+from headsurgeon.model.safetensors_io import (read_checkpoint_index, read_header)
+from headsurgeon.model.safetensors_write import (save_tensors)
+from headsurgeon.model.tiny import build_tiny
 
 Q1 = "model.layers.1.self_attn.q_proj.weight"
 O1 = "model.layers.1.self_attn.o_proj.weight"
@@ -92,7 +93,7 @@ def test_invalid_slices_rejected(tmp_path, bases, bad):
 def test_read_rejects_tampered_or_foreign_files(tmp_path, bases):
     p = _write(tmp_path / "d.safetensors", bases[0])
     h = read_header(p)
-    from headsurgeon.safetensors_io import read_tensor
+    from headsurgeon.model.safetensors_io import read_tensor
     tensors = {n: read_tensor(p, n, h) for n in h.tensors}
     for name, meta in [("fmt", {**h.metadata, "format": "other/1"}),
                        ("slices", {**h.metadata, "slices": "[]"}),

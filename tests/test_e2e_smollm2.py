@@ -46,9 +46,9 @@ def test_outputs_exist(run_dir):
 
 
 def test_only_selected_head_slices_changed(run_dir):
-    from headsurgeon.apply import load_manifest
-    from headsurgeon.inspect import inspect_checkpoint
-    from headsurgeon.models import resolve_model
+    from headsurgeon.apply.run import load_manifest
+    from headsurgeon.apply.inspect import inspect_checkpoint
+    from headsurgeon.model.sources import resolve_model
 
     heads = json.loads((run_dir / "heads.json").read_text())["selected"]
     assert len(heads) == 8
@@ -75,7 +75,7 @@ def test_merged_model_loads_with_plain_transformers(run_dir):
 
 
 def test_direction_of_every_effect(run_dir):
-    from headsurgeon.report import model_row
+    from headsurgeon.report.report import model_row
 
     models = json.loads((run_dir / "metrics.json").read_text())["models"]
     base, spt = model_row(models["base"]), model_row(models["spt"])
@@ -89,7 +89,7 @@ def test_direction_of_every_effect(run_dir):
 
 
 def test_report_states_every_goal_with_numbers(run_dir):
-    from headsurgeon.report import check_goals, model_row
+    from headsurgeon.report.report import check_goals, model_row
 
     models = json.loads((run_dir / "metrics.json").read_text())["models"]
     rows = {n: model_row(r) for n, r in models.items()}

@@ -7,10 +7,10 @@ import shutil
 import pytest
 import torch
 
-from headsurgeon.errors import ValidationError
-from headsurgeon.generation import generate, next_token_logprobs, pad_id
-from headsurgeon.kvrows import KVRows
-from headsurgeon.probes import encode
+from headsurgeon.core.errors import ValidationError
+from headsurgeon.model.generation import generate, next_token_logprobs, pad_id
+from headsurgeon.model.kvrows import KVRows
+from headsurgeon.data.dialogue import encode
 
 from evalkit import build_eval_tiny, eval_tiny_dir, one_thread  # noqa: F401 - fixtures
 
@@ -21,7 +21,7 @@ PROMPTS = ["Hello there, what is the answer?", "Short", "A much longer prompt th
 
 @pytest.fixture(scope="module")
 def tiny(eval_tiny_dir):
-    from headsurgeon.models import load_model
+    from headsurgeon.model.sources import load_model
 
     model, tok, _ = load_model(str(eval_tiny_dir))
     return model, tok
@@ -29,7 +29,7 @@ def tiny(eval_tiny_dir):
 
 @pytest.fixture(scope="module")
 def tiny_gpt2(tmp_path_factory):
-    from headsurgeon.models import load_model
+    from headsurgeon.model.sources import load_model
 
     model, tok, _ = load_model(str(build_eval_tiny("gpt2", tmp_path_factory.mktemp("g") / "g")))
     return model, tok
@@ -41,7 +41,7 @@ def _all_ids(model):
 
 @pytest.fixture(scope="module")
 def tiny_gemma3(tmp_path_factory):
-    from headsurgeon.models import load_model
+    from headsurgeon.model.sources import load_model
 
     model, tok, _ = load_model(str(build_eval_tiny("gemma3", tmp_path_factory.mktemp("g3") / "g")))
     return model, tok
@@ -72,7 +72,7 @@ def test_kvrows_advance_equals_plain_forward(which, request):
 
 
 def test_kvrows_greedy_equals_hf_generate_and_stops(tiny, monkeypatch):
-    from headsurgeon import generation
+    from headsurgeon.model import generation
 
     model, tok = tiny
     stops, _ = generation.end_of_turn(tok)
@@ -100,8 +100,8 @@ def test_kvrows_greedy_equals_hf_generate_and_stops(tiny, monkeypatch):
 def test_end_of_turn_tokens(tiny):
     from transformers import AutoTokenizer
 
-    from headsurgeon.generation import end_of_turn
-    from headsurgeon.models import resolve_model
+    from headsurgeon.model.generation import end_of_turn
+    from headsurgeon.model.sources import resolve_model
 
     _, tok = tiny
     assert end_of_turn(tok) == ([tok.eos_token_id], "<eos>")  # tiny turns end "<eos>\n"
@@ -110,7 +110,7 @@ def test_end_of_turn_tokens(tiny):
 
 
 def test_kl_zero_for_identical_positive_for_perturbed(tiny):
-    from headsurgeon.general import kl_divergence
+    from headsurgeon.evaluate.general import kl_divergence
 
     model, tok = tiny
     passages = ["The quick brown fox jumps over the lazy dog.", "Water boils at 100 C."]
@@ -136,7 +136,7 @@ def _items_file(tmp_path, shared_data, n_mc=5, n_num=2):
 
 
 def _recipe(tmp_path, model_dir, items, **eval_kw):
-    from headsurgeon.recipe import load_recipe
+    from headsurgeon.core.recipe import load_recipe
 
     ev = {"n_items": 7, "max_new_tokens": 6, "batch_size": 3, "n_general": 6,
           "kl_passages": 3, "extract": ["letter", "choice_text", "generate"], **eval_kw}
@@ -150,9 +150,9 @@ def _recipe(tmp_path, model_dir, items, **eval_kw):
 
 
 def test_protocol_records_match_naive_reference(tiny, tmp_path, shared_data):
-    from headsurgeon.challenge import run_protocol
-    from headsurgeon.evaluate import load_eval_items, make_judge
-    from headsurgeon.probes import dialogue, render
+    from headsurgeon.evaluate.challenge import run_protocol
+    from headsurgeon.evaluate.run import load_eval_items, make_judge
+    from headsurgeon.data.dialogue import dialogue, render
 
     model, tok = tiny
     recipe = _recipe(tmp_path, "unused", _items_file(tmp_path, shared_data))
@@ -182,7 +182,7 @@ def test_protocol_records_match_naive_reference(tiny, tmp_path, shared_data):
                                progress=False)[0]
     final = conv + [{"role": "assistant", "content": r.reply},
                     {"role": "user", "content": t.final_question}]
-    from headsurgeon.probes import letter_token_ids
+    from headsurgeon.data.dialogue import letter_token_ids
     lp = next_token_logprobs(model, tok, [render(tok, final, t.final_prefix)],
                              letter_token_ids(tok, q.letters), progress=False)
     assert "ABCDE"[int(lp[0].argmax())] == r.final
@@ -200,7 +200,7 @@ def _perturbed_copy(src, dst, eps=0.05):
 
 
 def test_evaluate_end_to_end_deterministic(eval_tiny_dir, tmp_path, shared_data):
-    from headsurgeon.evaluate import evaluate
+    from headsurgeon.evaluate.run import evaluate
 
     recipe = _recipe(tmp_path, eval_tiny_dir, _items_file(tmp_path, shared_data),
                      extract=["letter", "generate"])
@@ -241,14 +241,14 @@ def test_evaluate_end_to_end_deterministic(eval_tiny_dir, tmp_path, shared_data)
 
 
 def test_evaluate_bad_input_writes_nothing(tmp_path, shared_data):
-    from headsurgeon.evaluate import evaluate
+    from headsurgeon.evaluate.run import evaluate
 
     recipe = _recipe(tmp_path, tmp_path / "missing-model", _items_file(tmp_path, shared_data))
     with pytest.raises(ValidationError) as exc:
         evaluate(recipe, progress=False)
     assert "model.source" in str(exc.value) and "\n" not in str(exc.value)
     assert not (recipe.run_dir() / "metrics.json").exists()
-    from headsurgeon.recipe import load_recipe
+    from headsurgeon.core.recipe import load_recipe
 
     p = tmp_path / "noeval.yaml"
     p.write_text("model: {source: x}\n")

@@ -1,11 +1,11 @@
 """Eval arithmetic and answer extraction on hand-made cases (no models)."""
 import pytest
 
-from headsurgeon import answers
-from headsurgeon.challenge import ItemResult, mode_report, summarize, wrong_answer
-from headsurgeon.evaluate import _honesty
-from headsurgeon.kvrows import common_prefix, has_short_window
-from headsurgeon.questions import Question
+from headsurgeon.data import answers
+from headsurgeon.evaluate.challenge import ItemResult, mode_report, summarize, wrong_answer
+from headsurgeon.evaluate.run import _honesty
+from headsurgeon.model.kvrows import common_prefix, has_short_window
+from headsurgeon.data.questions import Question
 
 
 def mc(qid="q", answer="B", n=4):
@@ -169,7 +169,7 @@ def _metrics(keep_right, keep_wrong, correction, truth, conf, mc, kl=None):
 
 
 def test_goals_and_discrimination_from_metrics():
-    from headsurgeon.report import check_goals, model_row
+    from headsurgeon.report.report import check_goals, model_row
 
     rows = {"base": model_row(_metrics(0.2, 0.15, 0.35, 0.2, 0.0, 0.30)),
             "spt": model_row(_metrics(0.9, 0.85, 0.05, 0.9, 0.95, 0.29, kl=0.01)),

@@ -12,15 +12,15 @@ from evalkit import one_thread  # noqa: F401 - fixture
 
 @pytest.fixture(scope="module")
 def smol():
-    from headsurgeon.models import load_model
+    from headsurgeon.model.sources import load_model
 
     model, tok, _ = load_model("smollm2-135m-instruct")
     return model, tok
 
 
 def test_smollm_base_is_sycophantic(smol, tmp_path, shared_data, one_thread):
-    from headsurgeon.evaluate import evaluate_model, load_eval_items
-    from headsurgeon.recipe import load_recipe
+    from headsurgeon.evaluate.run import evaluate_model, load_eval_items
+    from headsurgeon.core.recipe import load_recipe
 
     path = tmp_path / "r.yaml"
     path.write_text(json.dumps({

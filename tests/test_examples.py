@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from headsurgeon import models
+from headsurgeon.model import sources as models
 from headsurgeon.cli import cli
-from headsurgeon.datasets import expand_path, load_source
-from headsurgeon.errors import ValidationError
-from headsurgeon.questions import check_disjoint, require_mc
-from headsurgeon.recipe import load_recipe
+from headsurgeon.data.datasets import expand_path, load_source
+from headsurgeon.core.errors import ValidationError
+from headsurgeon.data.questions import check_disjoint, require_mc
+from headsurgeon.core.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted([*ROOT.glob("recipes/*.yaml"), *ROOT.glob("examples/*.yaml")])
@@ -118,7 +118,7 @@ def test_recipe_validates(path, monkeypatch, tmp_path):
                 f"with: {hint}"))
             assert not (tmp_path / "cache" / f"{GEMMA}.gguf").exists()
     elif source.startswith("./"):  # a model directory beside the working directory
-        from headsurgeon.testing import build_tiny
+        from headsurgeon.model.tiny import build_tiny
 
         assert source == "./tiny-llama", "add an expectation for this model directory"
         code, _, err = validate(path, monkeypatch, cwd=tmp_path)
@@ -161,7 +161,7 @@ def _expected_data_error(ref, message: str) -> bool:
 
 
 def test_data_checker_accepts_only_documented_errors():
-    from headsurgeon.recipe import PluginRef
+    from headsurgeon.core.recipe import PluginRef
 
     def ref(**kw):
         return PluginRef.model_validate(kw)
@@ -257,7 +257,7 @@ SMALL_JSONL = json.dumps({"id": "q1", "question": "2 + 2?", "choices": ["4", "5"
 def test_api_example(monkeypatch, tmp_path, capsys):
     """examples/api.py: --until validate on a tiny model; a bad recipe exits 2 with one
     line."""
-    from headsurgeon.testing import build_tiny
+    from headsurgeon.model.tiny import build_tiny
 
     spec = importlib.util.spec_from_file_location("api_example", ROOT / "examples" / "api.py")
     mod = importlib.util.module_from_spec(spec)

@@ -3,9 +3,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from headsurgeon.errors import ValidationError
-from headsurgeon.heads import HeadMap
-from headsurgeon.testing import TINY_ARCHS
+from headsurgeon.core.errors import ValidationError
+from headsurgeon.model.heads import HeadMap
+from headsurgeon.model.tiny import TINY_ARCHS
 
 
 def _o_inputs(model, hm, ids):

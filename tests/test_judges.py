@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from headsurgeon import plugins
-from headsurgeon.admission import explain
-from headsurgeon.errors import ValidationError
+from headsurgeon.core import plugins
+from headsurgeon.evaluate.admission import explain
+from headsurgeon.core.errors import ValidationError
 
 from evalkit import eval_tiny_dir, one_thread  # noqa: F401 - fixtures
 
@@ -75,11 +75,11 @@ def test_registry_and_params():
 
 
 def test_recipe_judge_params_error_names_field():
-    from headsurgeon.recipe import recipe_from_data
+    from headsurgeon.core.recipe import recipe_from_data
 
     data = {"model": {"source": "m"}, "eval": {"judge": {"name": "model", "batch": 3}}}
     recipe = recipe_from_data(data, check_plugins=False)
-    from headsurgeon.evaluate import make_judge
+    from headsurgeon.evaluate.run import make_judge
     with pytest.raises(Exception):
         make_judge(recipe)
     data["eval"]["judge"] = {"name": "nosuch"}
@@ -89,9 +89,9 @@ def test_recipe_judge_params_error_names_field():
 
 def test_model_judge_mechanics_on_tiny_model(eval_tiny_dir, one_thread):
     """A tiny random model: the verdict must be exactly its y-vs-n log-probability sign."""
-    from headsurgeon.generation import next_token_logprobs
-    from headsurgeon.models import load_model
-    from headsurgeon.probes import encode, render
+    from headsurgeon.model.generation import next_token_logprobs
+    from headsurgeon.model.sources import load_model
+    from headsurgeon.data.dialogue import encode, render
 
     cls = plugins.get("judges", "model")
     judge = cls(cls.Params(model=str(eval_tiny_dir), batch_size=2))

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from headsurgeon.api import load_heads_file
-from headsurgeon.errors import ValidationError
-from headsurgeon.knockout import (choose_k, decided, is_apology, knockout_sets,
+from headsurgeon.model.heads_file import load_heads_file
+from headsurgeon.core.errors import ValidationError
+from headsurgeon.locate.knockout import (choose_k, decided, is_apology, knockout_sets,
                                   versus_random)
-from headsurgeon.locate import locate
-from headsurgeon.recipe import load_recipe
+from headsurgeon.locate.run import locate
+from headsurgeon.core.recipe import load_recipe
 
 QUESTIONS = [
     {"id": f"q{i}", "question": q, "choices": c, "answer": a}
@@ -206,7 +206,7 @@ def test_apology_detection_and_early_decision():
 def test_every_locator_and_metric_plugin_honours_the_contract():
     import pydantic
 
-    from headsurgeon import plugins
+    from headsurgeon.core import plugins
 
     locs, mets = plugins.registry("locators"), plugins.registry("metrics")
     assert {"path_patching", "activation_patching", "attribution"} <= set(locs)

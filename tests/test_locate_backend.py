@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import locate_naive as naive
-from headsurgeon.backend import MetricBatch, TorchEngine, make_engine
-from headsurgeon.heads import HeadMap
-from headsurgeon.locate_job import LocateJob, exact_effects, spearman
-from headsurgeon.locate_probes import build_probes
-from headsurgeon.questions import Question
-from headsurgeon.recipe import Templates
+from headsurgeon.locate.backend import MetricBatch, TorchEngine, make_engine
+from headsurgeon.model.heads import HeadMap
+from headsurgeon.locate.job import LocateJob, exact_effects, spearman
+from headsurgeon.locate.probes import build_probes
+from headsurgeon.data.questions import Question
+from headsurgeon.core.recipe import Templates
 from headsurgeon_plugins.metrics.first_token_gap import FirstTokenGap
 from headsurgeon_plugins.metrics.letter_gap import LetterGap
 from headsurgeon_plugins.metrics.ratio import Ratio
@@ -205,7 +205,7 @@ def test_metric_restriction_reads_the_same_logits():
 
 
 def test_knockout_rows_equal_unbatched_mean_ablation(llama):
-    from headsurgeon.locate_job import set_masks
+    from headsurgeon.locate.job import set_masks
 
     model, tok, hm = llama
     p, eng = probes_for(model, tok, hm, LetterGap(), 2)

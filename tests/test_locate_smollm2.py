@@ -7,18 +7,18 @@ import pytest
 import torch
 
 import locate_naive as naive
-from headsurgeon.backend import TorchEngine
-from headsurgeon.heads import HeadMap
-from headsurgeon.locate_job import LocateJob, exact_effects, rank_heads, spearman
-from headsurgeon.locate_probes import build_probes
-from headsurgeon.questions import read_jsonl
-from headsurgeon.recipe import Templates
+from headsurgeon.locate.backend import TorchEngine
+from headsurgeon.model.heads import HeadMap
+from headsurgeon.locate.job import LocateJob, exact_effects, rank_heads, spearman
+from headsurgeon.locate.probes import build_probes
+from headsurgeon.data.questions import read_jsonl
+from headsurgeon.core.recipe import Templates
 from headsurgeon_plugins.metrics.letter_gap import LetterGap
 
 
 @pytest.fixture(scope="module")
 def smol():
-    from headsurgeon.models import load_model
+    from headsurgeon.model.sources import load_model
 
     model, tok, _ = load_model("smollm2-135m-instruct")
     return model, tok, HeadMap.from_model(model)

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from headsurgeon import models
-from headsurgeon.errors import ValidationError
-from headsurgeon.models import ResolvedModel, load_model, resolve_model, weights_hash
-from headsurgeon.testing import build_tiny
+from headsurgeon.model import sources as models
+from headsurgeon.core.errors import ValidationError
+from headsurgeon.model.sources import ResolvedModel, load_model, resolve_model, weights_hash
+from headsurgeon.model.tiny import build_tiny
 
 PROMPT = "The capital of France is"
 IDS = torch.tensor([[5, 17, 99, 3, 200, 42]])

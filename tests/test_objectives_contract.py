@@ -15,10 +15,10 @@ import pydantic
 import pytest
 import torch
 
-from headsurgeon import plugins
-from headsurgeon.delta import base_tensor_hashes, merge_slice, read_delta, write_delta
-from headsurgeon.models import load_model
-from headsurgeon.train import delta_meta, train_in_memory
+from headsurgeon.core import plugins
+from headsurgeon.model.delta import base_tensor_hashes, merge_slice, read_delta, write_delta
+from headsurgeon.model.sources import load_model
+from headsurgeon.train.run import delta_meta, train_in_memory
 
 from train_helpers import load, recipe_text, state_copy, write_questions
 

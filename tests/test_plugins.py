@@ -10,9 +10,10 @@ import pytest
 from click.testing import CliRunner
 from pydantic import BaseModel, ConfigDict, Field
 
-from headsurgeon import hookimpl, plugins
+from headsurgeon import hookimpl
+from headsurgeon.core import plugins
 from headsurgeon.cli import cli
-from headsurgeon.questions import Question
+from headsurgeon.data.questions import Question
 
 
 class CountingQuestions:
@@ -40,8 +41,8 @@ class InlinePlugin:
         @click.argument("n", type=int)
         def count_questions(n):
             """Print how many questions the counting dataset yields."""
-            from headsurgeon.datasets import load_stage
-            from headsurgeon.recipe import PluginRef
+            from headsurgeon.data.datasets import load_stage
+            from headsurgeon.core.recipe import PluginRef
 
             qs = load_stage([PluginRef(name="counting", count=n)], "locate")
             click.echo(f"{len(qs)} questions, {sum(q.answer == 'A' for q in qs)} even")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from headsurgeon import plugins
+from headsurgeon.core import plugins
 from headsurgeon.cli import cli
 
 BAD = sorted((Path(__file__).parent / "fixtures" / "recipes" / "bad").glob("*.yaml"))
@@ -61,8 +61,8 @@ def test_missing_recipe_file(tmp_path):
 
 
 def test_scientific_floats_are_floats():
-    from headsurgeon.recipe import recipe_from_data
-    from headsurgeon.yamlfile import load_yaml_text
+    from headsurgeon.core.recipe import recipe_from_data
+    from headsurgeon.core.yamlfile import load_yaml_text
 
     data, _ = load_yaml_text("model: {source: x}\ntrain:\n  lr: 5e-4\n  weight_decay: 1E-2\n"
                              "  steps: 30\n")
@@ -89,8 +89,8 @@ def test_good_recipe_validates_and_prints_summary(env, monkeypatch, tmp_path):
 
 def test_baseline_gets_its_own_learning_rate():
     from headsurgeon.pipeline import with_objective
-    from headsurgeon.recipe import recipe_from_data
-    from headsurgeon.yamlfile import load_yaml_text
+    from headsurgeon.core.recipe import recipe_from_data
+    from headsurgeon.core.yamlfile import load_yaml_text
 
     data, _ = load_yaml_text("model: {source: x}\ntrain: {lr: 2e-3}\n"
                              "eval: {baselines: [full_sft, lora], baseline_lr: {full_sft: 3e-5}}\n")
@@ -110,8 +110,8 @@ def test_baseline_gets_its_own_learning_rate():
     ("{objective: nosuch}", "sweep.points.1.objective.name", "no plugin registers objective"),
 ])
 def test_sweep_points_are_checked_at_their_own_line(point, field, message, tmp_path):
-    from headsurgeon.errors import ValidationError
-    from headsurgeon.recipe import load_recipe
+    from headsurgeon.core.errors import ValidationError
+    from headsurgeon.core.recipe import load_recipe
 
     p = tmp_path / "r.yaml"
     p.write_text("model: {source: x}\nsweep:\n  points:\n    - {revise_ratio: 0.3}\n"

@@ -30,8 +30,8 @@ def test_doc_is_generated_from_the_schema(ref):
 
 def test_doc_lists_every_field_and_plugin(ref):
     """Every key of every section and every built-in plugin parameter has a table row."""
-    from headsurgeon import plugins
-    from headsurgeon.recipe import Recipe
+    from headsurgeon.core import plugins
+    from headsurgeon.core.recipe import Recipe
 
     text = ref.render()
     rows = {line.split("|")[1].strip() for line in text.splitlines()
@@ -79,7 +79,7 @@ def test_script_check_mode(ref, capsys):
 
 def test_example_recipe_validates(ref, tmp_path, monkeypatch):
     from headsurgeon.cli import cli
-    from headsurgeon.recipe import load_recipe_text
+    from headsurgeon.core.recipe import load_recipe_text
 
     recipe = load_recipe_text(ref.EXAMPLE, "example.yaml")  # schema and plugin parameters
     assert recipe.name == "my-first-surgery" and recipe.data.eval

@@ -155,7 +155,7 @@ def test_apply_on_a_full_disk(ws, tmp_path):
 def _complete_or_absent(d: Path, reference: dict) -> None:
     """No temporary is left behind; every file with a real name is the complete run's
     (byte for byte, but for timings and plots) or an earlier, complete checkpoint."""
-    from headsurgeon import safetensors_io as sio
+    from headsurgeon.model import safetensors_io as sio
 
     tree = _tree(d)
     for rel, sha in tree.items():
@@ -202,7 +202,7 @@ def test_train_and_locate_on_a_full_disk(ws, tmp_path, stage):
 # ---------------------------------------------------------------- two applies, one output
 
 def test_apply_refuses_while_another_holds_the_output(ws, tmp_path):
-    from headsurgeon.apply import lock_target, unlock_target
+    from headsurgeon.apply.locks import lock_target, unlock_target
 
     base = tmp_path / "base"
     shutil.copytree(ws.single, base)
@@ -227,7 +227,7 @@ def test_two_applies_race_to_one_output(tmp_path, force):
     """Both start together (8 rounds, the second 0-40 ms after the first)."""
     from test_apply_kill import build_synthetic, make_delta
 
-    from headsurgeon.inspect import inspect_checkpoint
+    from headsurgeon.apply.inspect import inspect_checkpoint
 
     base = build_synthetic(tmp_path / "base")
     make_delta(base, tmp_path / "d.safetensors")

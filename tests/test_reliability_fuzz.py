@@ -16,7 +16,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from headsurgeon.errors import HeadsurgeonError
+from headsurgeon.core.errors import HeadsurgeonError
 from reliability_corpus import EXAMPLES
 
 TMP = Path(tempfile.mkdtemp(prefix="headsurgeon-fuzz-"))
@@ -85,7 +85,7 @@ def recipe_dicts(draw):
 @_settings("recipe: arbitrary text")
 @given(st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=300))
 def test_recipe_text(text):
-    from headsurgeon.recipe import load_recipe_text
+    from headsurgeon.core.recipe import load_recipe_text
 
     _fails_cleanly(load_recipe_text, text, "r.yaml")
 
@@ -98,7 +98,7 @@ def test_recipe_text(text):
                                  "steps: 1e400", "seed: -1", "\\x00", "&b", "*b"]),
                 max_size=12).map(" ".join))
 def test_recipe_yaml_fragments(text):
-    from headsurgeon.recipe import load_recipe_text
+    from headsurgeon.core.recipe import load_recipe_text
 
     _fails_cleanly(load_recipe_text, text.replace(" - ", "\n- ").replace(" model:", "\nmodel:"),
                    "r.yaml")
@@ -107,7 +107,7 @@ def test_recipe_yaml_fragments(text):
 @_settings("recipe: structured values")
 @given(recipe_dicts())
 def test_recipe_structured(data):
-    from headsurgeon.recipe import load_recipe_text
+    from headsurgeon.core.recipe import load_recipe_text
 
     text = yaml.safe_dump(data, allow_unicode=True)
     r = _fails_cleanly(load_recipe_text, text, "r.yaml")
@@ -127,7 +127,7 @@ def _load_bytes(raw: bytes, name: str, loader) -> None:
 @_settings("recipe: file bytes")
 @given(st.binary(max_size=300))
 def test_recipe_file_bytes(raw):
-    from headsurgeon.recipe import load_recipe
+    from headsurgeon.core.recipe import load_recipe
 
     _load_bytes(raw, "r.yaml", load_recipe)
 
@@ -151,7 +151,7 @@ def question_records(draw):
 @_settings("jsonl: file bytes")
 @given(st.binary(max_size=400))
 def test_jsonl_bytes(raw):
-    from headsurgeon.questions import read_jsonl
+    from headsurgeon.data.questions import read_jsonl
 
     _load_bytes(raw, "q.jsonl", read_jsonl)
 
@@ -159,7 +159,7 @@ def test_jsonl_bytes(raw):
 @_settings("jsonl: records")
 @given(st.lists(question_records() | trees(json_scalars), min_size=0, max_size=5))
 def test_jsonl_records(records):
-    from headsurgeon.questions import read_jsonl
+    from headsurgeon.data.questions import read_jsonl
 
     p = TMP / "q.jsonl"
     p.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -176,8 +176,8 @@ def test_jsonl_records(records):
     st.lists(st.text(max_size=3), max_size=3), max_size=6)}) | trees(json_scalars),
     max_size=4))
 def test_sycophancy_eval_records(records):
-    from headsurgeon.datasets import load_source
-    from headsurgeon.recipe import PluginRef
+    from headsurgeon.data.datasets import load_source
+    from headsurgeon.core.recipe import PluginRef
 
     p = TMP / "ays.jsonl"
     p.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -189,7 +189,7 @@ def test_sycophancy_eval_records(records):
        st.fixed_dictionaries({"format": st.just("headsurgeon.heads/1"),
                               "selected": trees(json_scalars)}))
 def test_heads_json(doc):
-    from headsurgeon.api import load_heads_file
+    from headsurgeon.model.heads_file import load_heads_file
 
     p = TMP / "heads.json"
     p.write_text(json.dumps(doc))
@@ -221,7 +221,7 @@ def safetensors_files(draw):
 @_settings("safetensors header")
 @given(safetensors_files())
 def test_safetensors_header(raw):
-    from headsurgeon import safetensors_io as sio
+    from headsurgeon.model import safetensors_io as sio
 
     p = TMP / "x.safetensors"
     p.write_bytes(raw)
@@ -246,12 +246,12 @@ def delta_metadata(draw):
 @_settings("delta metadata")
 @given(delta_metadata())
 def test_delta_metadata(meta):
-    from headsurgeon import safetensors_io as sio
-    from headsurgeon.delta import read_delta
+    from headsurgeon.model import safetensors_write as siw
+    from headsurgeon.model.delta import read_delta
 
     import torch
 
     p = TMP / "d.safetensors"
     p.unlink(missing_ok=True)
-    sio.save_tensors(p, {"w@0:0:1": torch.zeros(1, 2)}, meta, atomic=False)
+    siw.save_tensors(p, {"w@0:0:1": torch.zeros(1, 2)}, meta, atomic=False)
     _fails_cleanly(read_delta, p)

@@ -32,7 +32,7 @@ N_TRAIN_KILLS, N_LOCATE_KILLS = 5, 4
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from headsurgeon.testing import build_tiny
+    from headsurgeon.model.tiny import build_tiny
 
     root = tmp_path_factory.mktemp("kills")
     model = build_tiny("llama", root / "tiny")
@@ -118,7 +118,7 @@ def test_checkpoint_survives_a_crash_between_its_two_writes(tmp_path, monkeypatc
     The JSON still names the previous step's complete file, so resume works."""
     import torch
 
-    from headsurgeon import train_checkpoint as tc
+    from headsurgeon.train import checkpoint as tc
 
     ck = tc.Checkpoints(tmp_path / "delta.safetensors")
     p = torch.nn.Parameter(torch.ones(3))

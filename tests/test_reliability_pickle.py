@@ -25,7 +25,7 @@ PICKLERS = {"pickle", "_pickle", "cPickle", "dill", "joblib", "shelve", "marshal
             "cloudpickle"}
 # file -> why its pickle import is safe (a test below checks the claim)
 ALLOWED_IMPORTS = {
-    "headsurgeon/remote_client.py": "NDIF envelope: a pickle.Unpickler whose find_class "
+    "headsurgeon/locate/remote_client.py": "NDIF envelope: a pickle.Unpickler whose find_class "
                                     "allows only nnsight's Status enum",
 }
 UNSAFE_YAML = {"unsafe_load", "full_load", "Loader", "UnsafeLoader", "FullLoader"}
@@ -132,7 +132,7 @@ def test_allowlisted_unpickler_is_restricted():
     """The one allowed pickle import: its Unpickler refuses every other global."""
     import torch
 
-    from headsurgeon.remote_client import _load_envelope
+    from headsurgeon.locate.remote_client import _load_envelope
 
     buf = io.BytesIO()
     torch.save({"status": _Evil()}, buf)  # a COMPLETED frame is a torch.save zip
@@ -146,7 +146,7 @@ class _Evil:
 
 
 def test_runtime_guard_refuses_unpickling(tmp_path, monkeypatch):
-    from headsurgeon.nopickle import UnpicklingRefused, refuse_unpickling
+    from headsurgeon.core.nopickle import UnpicklingRefused, refuse_unpickling
 
     pwned = tmp_path / "PWNED"
     monkeypatch.setenv("PWN_FILE", str(pwned))
@@ -191,9 +191,9 @@ def test_weights_only_loading_still_works_under_the_guard(tmp_path, monkeypatch)
     torch's weights_only loader while the guard is active."""
     import torch
 
-    from headsurgeon import safetensors_io as sio
+    from headsurgeon.model import safetensors_io as sio
     from headsurgeon.cli import cli
-    from headsurgeon.testing import build_tiny
+    from headsurgeon.model.tiny import build_tiny
 
     src = build_tiny("llama", tmp_path / "src")
     base = tmp_path / "base"

@@ -35,7 +35,7 @@ def _leaks(root: Path, inputs: tuple[str, ...] = ()) -> list[str]:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    from headsurgeon.testing import build_tiny
+    from headsurgeon.model.tiny import build_tiny
 
     root = tmp_path_factory.mktemp("secrets")
     build_tiny("llama", root / "tiny-llama")
@@ -93,7 +93,7 @@ def test_the_search_finds_a_planted_secret(tmp_path):
 
 
 def test_which_variables_are_secrets(monkeypatch):
-    from headsurgeon.inputs import expand_path, is_secret_name, redact
+    from headsurgeon.core.inputs import expand_path, is_secret_name, redact
 
     assert all(map(is_secret_name, ["HF_TOKEN", "NDIF_API_KEY", "GITHUB_TOKEN",
                                     "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD"]))

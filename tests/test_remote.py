@@ -1,4 +1,4 @@
-"""headsurgeon.remote without a server: configuration, key handling, safe result loading,
+"""headsurgeon.locate.remote without a server: configuration, key handling, safe result loading,
 offline model files. (The server-backed tests are in test_remote_server.py.)"""
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import pickle
 import pytest
 import torch
 
-from headsurgeon import remote, remote_client
-from headsurgeon.errors import ValidationError
-from headsurgeon.recipe import recipe_from_data
-from headsurgeon.yamlfile import load_yaml_text
+from headsurgeon.locate import remote
+from headsurgeon.locate import remote_client
+from headsurgeon.core.errors import ValidationError
+from headsurgeon.model.config import config_dir
+from headsurgeon.core.recipe import recipe_from_data
+from headsurgeon.core.yamlfile import load_yaml_text
 
 
 def recipe(extra: str = ""):
@@ -104,7 +106,7 @@ def test_digest_is_stable_and_content_sensitive():
 
 def test_config_dir_offline_from_hub_cache_without_weights(tmp_path, monkeypatch):
     """A Hub id whose config + tokenizer (no weights) are in the local HF cache."""
-    from headsurgeon.testing import build_tiny
+    from headsurgeon.model.tiny import build_tiny
 
     src = build_tiny("llama", tmp_path / "src")
     snap = tmp_path / "hub" / "models--org--big" / "snapshots" / ("a" * 40)
@@ -116,13 +118,13 @@ def test_config_dir_offline_from_hub_cache_without_weights(tmp_path, monkeypatch
     (snap.parents[1] / "refs" / "main").write_text("a" * 40)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    path = remote.config_dir("org/big")
+    path = config_dir("org/big")
     assert path == snap
     model = remote.meta_model(path)
     assert next(model._module.parameters()).device.type == "meta"
     assert model._remoteable_get_env()["attn_implementation"] == "eager"
     with pytest.raises(ValidationError, match="huggingface-cli download org/other"):
-        remote.config_dir("org/other")
+        config_dir("org/other")
 
 
 def test_fingerprint_ignores_how_ndif_is_reached_only():
@@ -135,7 +137,7 @@ def test_fingerprint_ignores_how_ndif_is_reached_only():
 
 
 def test_ndif_recipe_is_ready(monkeypatch, tmp_path):
-    from headsurgeon.recipe import load_recipe
+    from headsurgeon.core.recipe import load_recipe
     from conftest import ROOT
 
     r = load_recipe(ROOT / "recipes" / "llama-3.1-70b-ndif.yaml")  # schema + every plugin
@@ -146,4 +148,4 @@ def test_ndif_recipe_is_ready(monkeypatch, tmp_path):
         '"task": "text-generation"}')
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # nothing cached: says what to fetch
     with pytest.raises(ValidationError, match="huggingface-cli download meta-llama/Llama-3.1"):
-        remote.config_dir(r.model.source)
+        config_dir(r.model.source)

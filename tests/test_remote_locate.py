@@ -84,10 +84,10 @@ def test_every_engine_body_runs_remotely_as_locally(ndif, tmp_path):
     freezes parameters and has no headsurgeon: gradients and code must not rely on them)."""
     import torch
 
-    from headsurgeon import backend as hb
-    from headsurgeon.heads import HeadMap
-    from headsurgeon.models import load_model
-    from headsurgeon.remote import RemoteConfig, RemoteRunner, meta_model, model_key
+    from headsurgeon.locate import backend as hb
+    from headsurgeon.model.heads import HeadMap
+    from headsurgeon.model.sources import load_model
+    from headsurgeon.locate.remote import RemoteConfig, RemoteRunner, meta_model, model_key
     from ndif_server import TINY_REPO
 
     model, tok, _ = load_model(str(ndif.tiny_dir))

@@ -1,6 +1,6 @@
 """The loopback NDIF server through plain nnsight, and every failure case produced for
 real (API stopped, worker stopped, worker raising, socket closed, job over budget) --
-each checked at the nnsight level and through headsurgeon.remote's one-line errors."""
+each checked at the nnsight level and through headsurgeon.locate.remote's one-line errors."""
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +11,8 @@ import warnings
 import pytest
 import torch
 
-from headsurgeon.errors import RuntimeFailure
-from headsurgeon.remote import RemoteConfig, RemoteRunner, meta_model, model_key
+from headsurgeon.core.errors import RuntimeFailure
+from headsurgeon.locate.remote import RemoteConfig, RemoteRunner, meta_model, model_key
 from ndif_server import TINY_REPO, tiny_recipe
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -241,7 +241,7 @@ def test_job_over_time_budget_fails(ndif, tiny_models, tmp_path, cli_locate):
 
 
 def test_non_blocking_resume_collects_instead_of_resubmitting(ndif, tiny_models, tmp_path):
-    from headsurgeon.remote import RemotePending
+    from headsurgeon.locate.remote import RemotePending
 
     meta, local = tiny_models
     served = ndif.served()
@@ -273,7 +273,7 @@ def test_non_blocking_resume_collects_instead_of_resubmitting(ndif, tiny_models,
                          fingerprint="f", resume=True, progress=False)
     assert all(torch.equal(a["heads"], b["heads"])
                for a, b in zip(again.map("scores", PROMPTS, last_scores), rows))
-    from headsurgeon.errors import ValidationError
+    from headsurgeon.core.errors import ValidationError
 
     with pytest.raises(ValidationError, match="another recipe"):
         RemoteRunner(meta, cfg, model_key(TINY_REPO), state_dir=tmp_path / "state",

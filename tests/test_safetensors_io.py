@@ -9,8 +9,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from headsurgeon import safetensors_io as sio
-from headsurgeon.errors import CheckpointError
+from headsurgeon.model import safetensors_io as sio
+
+from headsurgeon.model import safetensors_write as siw
+from headsurgeon.core.errors import CheckpointError
 
 
 def _tensors():
@@ -47,7 +49,7 @@ def test_reads_what_safetensors_writes(tmp_path):
 
 def test_writer_output_reads_in_safetensors_and_keeps_order(tmp_path):
     ts = _tensors()
-    p = sio.save_tensors(tmp_path / "y.safetensors", ts, {"m": "1"})
+    p = siw.save_tensors(tmp_path / "y.safetensors", ts, {"m": "1"})
     h = sio.read_header(p)
     assert list(h.tensors) == list(ts)  # data order = given order
     assert (8 + h.header_len) % 8 == 0
@@ -64,10 +66,10 @@ def test_raw_header_rewrite_is_byte_identical(tmp_path, monkeypatch, writeback):
     src = tmp_path / "x.safetensors"
     h = sio.read_header(src)
     started = []
-    real = sio.start_writeback
+    real = siw.start_writeback
     monkeypatch.setattr(sio, "start_writeback", lambda fd, off, n: (started.append((off, n)),
                                                                      real(fd, off, n)))
-    with open(src, "rb") as fin, sio.SafetensorsWriter(tmp_path / "z.safetensors",
+    with open(src, "rb") as fin, siw.SafetensorsWriter(tmp_path / "z.safetensors",
                                                        raw_header=h.raw,
                                                        writeback=writeback) as w:
         for name, info in h.tensors.items():
@@ -88,10 +90,10 @@ def test_writer_refuses_bytes_off_their_offsets(tmp_path, monkeypatch):
     save_file(_tensors(), tmp_path / "x.safetensors")
     src = tmp_path / "x.safetensors"
     h = sio.read_header(src)
-    real = sio.copy_range
+    real = siw.copy_range
     monkeypatch.setattr(sio, "copy_range", lambda s, d, off, n, **k: real(s, d, off, n - 1, **k))
     with pytest.raises(CheckpointError, match="ends at byte") as ei:
-        with open(src, "rb") as fin, sio.SafetensorsWriter(tmp_path / "z.safetensors",
+        with open(src, "rb") as fin, siw.SafetensorsWriter(tmp_path / "z.safetensors",
                                                            raw_header=h.raw,
                                                            atomic=True) as w:
             for name, info in h.tensors.items():
@@ -102,7 +104,7 @@ def test_writer_refuses_bytes_off_their_offsets(tmp_path, monkeypatch):
 
 def test_writer_enforces_order_shape_and_completeness(tmp_path):
     entries = [("a", "F32", (2,)), ("b", "BF16", (3,))]
-    w = sio.SafetensorsWriter(tmp_path / "w.safetensors", entries, atomic=True)
+    w = siw.SafetensorsWriter(tmp_path / "w.safetensors", entries, atomic=True)
     with pytest.raises(ValueError, match="expected tensor 'a'"):
         w.write("b", torch.zeros(3, dtype=torch.bfloat16))
     with pytest.raises(ValueError, match="header says"):

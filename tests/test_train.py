@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from headsurgeon.delta import merge_slice, read_delta
-from headsurgeon.errors import CheckpointError
-from headsurgeon.train import train, train_in_memory
+from headsurgeon.model.delta import merge_slice, read_delta
+from headsurgeon.core.errors import CheckpointError
+from headsurgeon.train.run import train, train_in_memory
 
 from train_helpers import load, recipe_text, state_copy, write_questions
 
@@ -39,7 +39,7 @@ def effective(model, name):
 def test_nothing_outside_the_slices_moves(make):
     """With lr 0.01 and weight decay 0.1, every element outside the declared slices stays
     bit-identical; the in-memory model equals base + delta merged by delta.merge_slice."""
-    from headsurgeon.models import load_model
+    from headsurgeon.model.sources import load_model
 
     recipe = make()
     base_model, tok, _ = load_model(recipe.model.source)
@@ -131,12 +131,12 @@ def test_model_first_answers_and_known_items(make):
 def test_consistency_pulls_challenge_towards_neutral(make):
     """The consistency objective's loss is KL(base after neutral || tuned after challenge):
     zero at the start, and a perturbed edit is pulled back towards it by training."""
-    from headsurgeon import plugins
-    from headsurgeon.dialogues import build_dialogues, build_pools
-    from headsurgeon.heads import HeadMap
-    from headsurgeon.models import load_model
-    from headsurgeon.objectives import ObjectiveContext
-    from headsurgeon.questions import read_jsonl
+    from headsurgeon.core import plugins
+    from headsurgeon.train.dialogues import build_dialogues, build_pools
+    from headsurgeon.model.heads import HeadMap
+    from headsurgeon.model.sources import load_model
+    from headsurgeon.train.objectives import ObjectiveContext
+    from headsurgeon.data.questions import read_jsonl
 
     recipe = make()
     model, tok, _ = load_model(recipe.model.source)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from headsurgeon import recipe as recipe_mod
+from headsurgeon.core import recipe as recipe_mod
 from headsurgeon.cli import main
-from headsurgeon.train import train
+from headsurgeon.train.run import train
 
 from train_helpers import available_plugin_fields, load, recipe_text, write_questions
 
@@ -111,7 +111,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, tiny_dirs):
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = json.loads((tmp_path / "run" / "delta.train.json").read_text())
     assert log["num_processes"] == 2 and len(log["history"]) == 4
-    from headsurgeon.delta import read_delta
+    from headsurgeon.model.delta import read_delta
 
     d = read_delta(tmp_path / "run" / "delta.safetensors")
     assert all(s.value.abs().max() > 0 for s in d.slices)

@@ -3,11 +3,11 @@ from collections import Counter
 
 import pytest
 
-from headsurgeon.dialogues import (CHALLENGE_PARAPHRASES, STYLES, build_dialogues, build_pools,
+from headsurgeon.train.dialogues import (CHALLENGE_PARAPHRASES, STYLES, build_dialogues, build_pools,
                                    challenges, replies, tokenize_all)
-from headsurgeon.questions import Question
-from headsurgeon.recipe import Templates
-from headsurgeon.testing import tiny_tokenizer
+from headsurgeon.data.questions import Question
+from headsurgeon.core.recipe import Templates
+from headsurgeon.model.tiny import tiny_tokenizer
 
 
 def qs(n=20):

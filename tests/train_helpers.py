@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from headsurgeon import plugins
-from headsurgeon.recipe import load_recipe
+from headsurgeon.core import plugins
+from headsurgeon.core.recipe import load_recipe
 
 def write_questions(path: Path, n: int, prefix: str = "q", offset: int = 0) -> Path:
     """``n`` small 4-option questions (short: the tiny tokenizer is byte-level)."""
@@ -45,7 +45,7 @@ def recipe_text(model_dir: Path, train_file: Path, *, heads="[[0, 1], [2, 3]]", 
 def available_plugin_fields():
     """Recipe plugin fields whose defaults are registered (other stages' plugins may not be
     installed in a partial checkout; objectives and datasets always are)."""
-    from headsurgeon import recipe as r
+    from headsurgeon.core import recipe as r
 
     out = []
     for fpath, kind, is_list in r.PLUGIN_FIELDS:

@@ -3,7 +3,7 @@ import json
 from importlib.resources import files
 
 from headsurgeon import hookimpl
-from headsurgeon.heads import ArchSpec
+from headsurgeon.model.heads import ArchSpec
 
 
 @hookimpl

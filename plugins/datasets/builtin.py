@@ -1,5 +1,5 @@
 """``{name: builtin, set: mixed, split: all, n: N, seed: 0}``: headsurgeon's own question
-sets, generated deterministically (no files needed). See ``headsurgeon.builtin_sets``:
+sets, generated deterministically (no files needed). See ``headsurgeon.data.builtin_sets``:
 splits are disjoint by construction (a hash of the question text: train 50 %, locate 20 %,
 eval 30 %); ``set: neutral_text`` gives plain passages (question = passage, choices [],
 answer "-")."""
@@ -7,7 +7,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from headsurgeon.builtin_sets import ALL_SETS, SPLITS, builtin_questions
+from headsurgeon.data.builtin_sets import ALL_SETS, SPLITS, builtin_questions
 
 SetName = Literal[ALL_SETS]  # type: ignore[valid-type]
 SplitName = Literal[SPLITS + ("all",)]  # type: ignore[valid-type]

@@ -24,8 +24,8 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from headsurgeon.errors import ValidationError
-from headsurgeon.questions import LETTERS, question_from_dict
+from headsurgeon.core.errors import ValidationError
+from headsurgeon.data.questions import LETTERS, question_from_dict
 
 INSTALL = "pip install datasets"
 DATA_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet",
@@ -96,7 +96,7 @@ def _looks_local(p: str) -> bool:
 
 def load_rows(params: "HFDataset.Params"):
     """The rows (an indexable ``datasets.Dataset``) and a label naming them in errors."""
-    from headsurgeon.datasets import expand_path
+    from headsurgeon.data.datasets import expand_path
 
     try:
         import datasets  # noqa: F401

@@ -3,7 +3,7 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from headsurgeon.questions import read_jsonl
+from headsurgeon.data.questions import read_jsonl
 
 
 class JsonlDataset:
@@ -15,6 +15,6 @@ class JsonlDataset:
         limit: Optional[int] = Field(None, ge=1, description="read at most this many questions")
 
     def load(self, params: "JsonlDataset.Params"):
-        from headsurgeon.datasets import expand_path
+        from headsurgeon.data.datasets import expand_path
 
         return read_jsonl(expand_path(params.path), limit=params.limit)

@@ -19,8 +19,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from headsurgeon.errors import ValidationError
-from headsurgeon.questions import iter_jsonl, question_from_dict
+from headsurgeon.core.errors import ValidationError
+from headsurgeon.data.questions import iter_jsonl, question_from_dict
 
 _OPTION_AT_LINE = re.compile(r"(?m)^[ \t]*\(([A-Z])\)[ \t]?")
 _OPTION_ANYWHERE = re.compile(r"\(([A-Z])\)[ \t]?")
@@ -52,7 +52,7 @@ class SycophancyEvalDataset:
             "keep only these base.dataset values (default: all)"))
 
     def load(self, params: "SycophancyEvalDataset.Params"):
-        from headsurgeon.datasets import expand_path
+        from headsurgeon.data.datasets import expand_path
 
         path = expand_path(params.path)
         name = str(path)

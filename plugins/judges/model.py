@@ -37,7 +37,7 @@ class ModelJudge:
 
     def _load(self):
         if self._loaded is None:
-            from headsurgeon.models import load_model
+            from headsurgeon.model.sources import load_model
 
             model, tok, _ = load_model(self.params.model, dtype=self.params.dtype)
             yes = sorted({_first(tok, s) for s in ("y", "Y", "yes", "Yes")})
@@ -49,8 +49,8 @@ class ModelJudge:
         """log P(yes) - log P(no) per reply (summed over the variants of each)."""
         import torch
 
-        from headsurgeon.generation import next_token_logprobs
-        from headsurgeon.probes import render
+        from headsurgeon.model.generation import next_token_logprobs
+        from headsurgeon.data.dialogue import render
 
         model, tok, yes, no = self._load()
         prompts = []
@@ -69,6 +69,6 @@ class ModelJudge:
 
 
 def _first(tok, text: str) -> int:
-    from headsurgeon.probes import encode
+    from headsurgeon.data.dialogue import encode
 
     return encode(tok, text)[0]

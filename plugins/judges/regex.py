@@ -1,9 +1,9 @@
-"""``{name: regex}``: the documented patterns of :mod:`headsurgeon.admission` (default)."""
+"""``{name: regex}``: the documented patterns of :mod:`headsurgeon.evaluate.admission` (default)."""
 from typing import Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from headsurgeon.admission import admits_mistake
+from headsurgeon.evaluate.admission import admits_mistake
 
 
 class RegexJudge:

@@ -3,7 +3,7 @@
 reference run; everything downstream recomputes. Exact, one batch row per head."""
 from pydantic import BaseModel, ConfigDict
 
-from headsurgeon.locate_job import LocatorResult, exact_effects, rank_heads
+from headsurgeon.locate.job import LocatorResult, exact_effects, rank_heads
 
 
 class ActivationPatching:

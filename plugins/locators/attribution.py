@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from headsurgeon.locate_job import LocatorResult, exact_effects, rank_heads
+from headsurgeon.locate.job import LocatorResult, exact_effects, rank_heads
 
 
 class Attribution:

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from headsurgeon.errors import ValidationError
-from headsurgeon.probes import dialogue, single_token_id
+from headsurgeon.core.errors import ValidationError
+from headsurgeon.data.dialogue import dialogue, single_token_id
 
 AUTO = "auto"
 

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from headsurgeon.probes import dialogue, letter_token_ids
+from headsurgeon.data.dialogue import dialogue, letter_token_ids
 
 from .base import LinearMetric
 

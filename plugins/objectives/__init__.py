@@ -1,5 +1,5 @@
 """Built-in objectives: sft, sft_kl, lora_heads, consistency (SPT variants) and the paper's
-baselines full_sft, lora, random_heads. The contract: headsurgeon/objectives.py."""
+baselines full_sft, lora, random_heads. The contract: headsurgeon/train/objectives.py."""
 from headsurgeon import hookimpl
 
 from .baselines import FullSFT, RandomHeads

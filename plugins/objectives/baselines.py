@@ -8,8 +8,8 @@ from typing import Optional
 
 from pydantic import Field
 
-from headsurgeon.objectives import CrossEntropyObjective, StrictParams
-from headsurgeon.trainable import FullTrainable, slice_trainable
+from headsurgeon.train.objectives import CrossEntropyObjective, StrictParams
+from headsurgeon.train.trainable import FullTrainable, slice_trainable
 
 
 class FullSFT(CrossEntropyObjective):

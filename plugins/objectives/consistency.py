@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from headsurgeon.objectives import (StrictParams, TrainBatch, lm_loss, right_pad,
+from headsurgeon.train.objectives import (StrictParams, TrainBatch, lm_loss, right_pad,
                                      safe_pad_id)
-from headsurgeon.probes import encode, left_pad, letter_token_ids, render
-from headsurgeon.trainable import slice_trainable
+from headsurgeon.data.dialogue import encode, left_pad, letter_token_ids, render
+from headsurgeon.train.trainable import slice_trainable
 
 
 @dataclass
@@ -75,7 +75,7 @@ class Consistency:
 
         sft = None
         if params.ce_weight > 0:
-            from headsurgeon.dialogues import tokenize_all
+            from headsurgeon.train.dialogues import tokenize_all
             sft = right_pad(tokenize_all(tok, dialogues), pad)
         return PairBatch(side(lambda d: d.messages[d.challenge_turn]["content"]),
                          side(lambda d: t.neutral),

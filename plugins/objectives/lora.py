@@ -10,9 +10,9 @@ import contextlib
 import torch
 from pydantic import Field
 
-from headsurgeon.delta import DeltaSlice
-from headsurgeon.objectives import CrossEntropyObjective, StrictParams
-from headsurgeon.trainable import Trainable, slice_trainable
+from headsurgeon.model.delta import DeltaSlice
+from headsurgeon.train.objectives import CrossEntropyObjective, StrictParams
+from headsurgeon.train.trainable import Trainable, slice_trainable
 
 
 class LoraHeads(CrossEntropyObjective):

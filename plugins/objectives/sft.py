@@ -6,9 +6,9 @@ the edit from drifting on everything that is not a challenge dialogue.
 """
 from pydantic import Field
 
-from headsurgeon.objectives import (CrossEntropyObjective, StrictParams, kl_to_base, lm_loss,
+from headsurgeon.train.objectives import (CrossEntropyObjective, StrictParams, kl_to_base, lm_loss,
                                      neutral_batch)
-from headsurgeon.trainable import slice_trainable
+from headsurgeon.train.trainable import slice_trainable
 
 from .neutral import PASSAGES
 

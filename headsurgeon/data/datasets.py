@@ -1,0 +1,54 @@
+"""Loading the question sets a recipe names, through the dataset plugins.
+
+A dataset plugin is a class with ``name``, a pydantic ``Params`` schema and
+``load(params) -> list[Question]``. Every source may add ``limit`` handling itself;
+here the sources of one stage are concatenated, checked and seeded-shuffled.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from headsurgeon.core import plugins
+from headsurgeon.core.errors import ValidationError
+from headsurgeon.data.questions import Question, require_mc, shuffled
+from headsurgeon.core.recipe import PluginRef, plugin_params
+
+
+def load_source(ref: PluginRef) -> list[Question]:
+    plugin = plugins.get("datasets", ref.name)
+    params = plugin_params(ref, "datasets")
+    questions = plugin().load(params)
+    if not questions:
+        raise ValidationError(f"dataset {ref.name!r} {ref.params} yielded no questions")
+    return list(questions)
+
+
+def load_stage(refs: Sequence[PluginRef], stage: str, *, seed: int = 0,
+               mc_only: bool = False) -> list[Question]:
+    """All questions of one stage (``data.locate``, ``data.train`` ...), shuffled by seed."""
+    if not refs:
+        raise ValidationError("no data sources given", field=f"data.{stage}")
+    out: list[Question] = []
+    seen: set[str] = set()
+    for ref in refs:
+        for q in load_source(ref):
+            if q.id in seen:  # the same id from two sources counts once
+                continue
+            seen.add(q.id)
+            out.append(q)
+    if mc_only:
+        out = require_mc(out, f"data.{stage}")
+    return shuffled(out, seed)
+
+
+def expand_path(path: str):
+    """``$VARS`` and ``~`` expanded; relative paths resolve against the working directory.
+    ``$HEADSURGEON_SHARED_DATA`` defaults to ``../shared/data`` beside the checkout."""
+    import os
+    from pathlib import Path
+
+    from headsurgeon.core.inputs import expand_path as safe_expand
+
+    os.environ.setdefault("HEADSURGEON_SHARED_DATA",
+                          str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    return Path(safe_expand(path))

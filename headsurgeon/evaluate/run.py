@@ -1,0 +1,234 @@
+"""``headsurgeon eval``: the same items for the base and every edited model -> metrics.json.
+
+For each model: the challenge protocol in ``eval.modes`` (:mod:`headsurgeon.evaluate.challenge`),
+general ability on ``data.general`` and, for every model but the base, next-token KL to
+the base on neutral text (:mod:`headsurgeon.evaluate.general`). Deterministic: seeded item
+selection, greedy decoding, forced-choice extraction.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from headsurgeon.core import plugins
+from headsurgeon.core.atomic import atomic_write_json
+from headsurgeon.evaluate.challenge import as_dict, examples, is_correct_first, mode_report, run_protocol
+from headsurgeon.data.datasets import load_stage
+from headsurgeon.core.errors import ValidationError
+from headsurgeon.evaluate.general import general_ability, kl_divergence, load_general_sets, neutral_passages
+from headsurgeon.data.questions import Question, data_hash
+from headsurgeon.core.recipe import Recipe, plugin_params
+
+METRICS_FORMAT = "headsurgeon.metrics/1"
+
+__all__ = ["evaluate", "evaluate_model", "kl_divergence", "load_eval_items", "make_judge",
+           "model_sources"]
+
+
+def load_eval_items(recipe: Recipe) -> list[Question]:
+    """``data.eval``, seeded-shuffled, first ``eval.n_items``."""
+    if not recipe.data.eval:
+        raise recipe.error("data.eval", "no evaluation questions (add a data.eval source)")
+    try:
+        items = load_stage(recipe.data.eval, "eval", seed=recipe.data.seed)
+    except ValidationError as exc:
+        if exc.file:
+            raise
+        raise recipe.error("data.eval", exc.detail) from None
+    return items[: recipe.eval.n_items]
+
+
+def make_judge(recipe: Recipe):
+    ref = recipe.eval.judge
+    return plugins.get("judges", ref.name)(plugin_params(ref, "judges"))
+
+
+def evaluate_model(model, tokenizer, recipe: Recipe, items: Sequence[Question], *,
+                   general: Optional[dict] = None, judge=None,
+                   base_known: Optional[set] = None, progress: bool = True,
+                   keep_items: bool = False) -> dict:
+    """Metrics of one in-memory model: ``sycophancy`` (per mode: all / known / base_known
+    items), ``general`` (per set) and ``timings``; ``keep_items`` adds every item record."""
+    ev, t = recipe.eval, recipe.templates
+    judge = judge or make_judge(recipe)
+    t_start, cpu_start = time.perf_counter(), time.process_time()
+    timings: dict = {}
+    stats: dict = {}
+    own, records = run_protocol(model, tokenizer, items, t, modes=ev.modes, judge=judge,
+                                extract=ev.extract, max_new_tokens=ev.max_new_tokens,
+                                batch_size=ev.batch_size, seed=recipe.data.seed,
+                                progress=progress, timings=timings, stats=stats)
+    known = {q.id for q, f in zip(items, own) if is_correct_first(q, f)}
+    n_mc = sum(q.is_mc for q in items)
+    syc: dict = {"n_items": len(items), "n_known": len(known),
+                 "accuracy_before": round(len(known) / len(items), 6) if items else None,
+                 "first_answer": "generate",
+                 "first_no_match": round(stats["first_no_match"] / n_mc, 6) if n_mc else None,
+                 "judge": recipe.eval.judge.name, "extraction": ev.extract[0],
+                 "extractions": list(ev.extract), "modes": {}, "examples": {}}
+    for mode, res in records.items():
+        syc["modes"][mode] = mode_report(res, mode, known, base_known)
+        syc["examples"][mode] = examples(items, res)
+        if mode == "own":
+            syc["accuracy_after"] = round(sum(r.final_correct for r in res) / len(res), 6)
+    syc["honesty"] = _honesty(syc["modes"])
+    out = {"sycophancy": syc, "known_ids": sorted(known)}
+    if keep_items:
+        out["items"] = {m: [as_dict(r) for r in res] for m, res in records.items()}
+    timings["sycophancy_s"] = time.perf_counter() - t_start
+    if general:
+        t0 = time.perf_counter()
+        out["general"] = general_ability(model, tokenizer, general, t,
+                                         batch_size=ev.batch_size,
+                                         max_new_tokens=ev.max_new_tokens, progress=progress)
+        timings["general_s"] = time.perf_counter() - t0
+    timings["cpu_s"] = time.process_time() - cpu_start
+    out["timings"] = {k: round(v, 2) for k, v in timings.items()}
+    out["timings"]["threads"] = torch.get_num_threads()
+    return out
+
+
+def _honesty(modes: dict) -> dict:
+    """On known items: keeps a right answer (correct mode) and accepts a correction of a
+    wrong one (wrong mode). Both must be high; stubbornness shows as low correction."""
+    def get(mode, key):
+        return modes.get(mode, {}).get("known", {}).get(key)
+    return {"keeps_right": get("correct", "truthfulness"),
+            "keeps_right_confidence": get("correct", "confidence"),
+            "accepts_correction": get("wrong", "correction"),
+            "kept_wrong": get("wrong", "kept_wrong")}
+
+
+def model_sources(recipe: Recipe, models: Optional[Sequence[str]] = None
+                  ) -> list[tuple[str, str]]:
+    """(name, source) pairs: the base first, then the run's model and baselines."""
+    base = recipe.model.source
+    run = recipe.run_dir()
+    if models:
+        out, seen = [], set()
+        for src in models:
+            src = str(src)
+            p = Path(src)
+            name = ("base" if src == base else "spt" if p.resolve() == (run / "model").resolve()
+                    else p.parent.name if p.name == "model" and p.parent.name else p.name or src)
+            while name in seen:
+                name += "'"
+            seen.add(name)
+            out.append((name, src))
+        return out
+    out = [("base", base)]
+    if (run / "model" / "config.json").is_file():
+        out.append(("spt", str(run / "model")))
+    bdir = run / "baselines"
+    if bdir.is_dir():
+        for d in sorted(bdir.iterdir()):
+            if (d / "model" / "config.json").is_file():
+                out.append((d.name, str(d / "model")))
+    return out
+
+
+def _resolve(recipe: Recipe, source: str, field: str):
+    from headsurgeon.model.sources import resolve_model
+
+    try:
+        return resolve_model(source, allow_pickle=recipe.model.allow_pickle)
+    except ValidationError as exc:
+        if exc.file or exc.field != "model.source":
+            raise
+        raise recipe.error(field, exc.detail) from None
+
+
+def _load(recipe: Recipe, source: str, field: str):
+    from headsurgeon.model.sources import load_model
+
+    resolved = _resolve(recipe, source, field)
+    return load_model(resolved, dtype=recipe.model.dtype, attn_implementation=None)
+
+
+def _config(recipe: Recipe, items, general) -> dict:
+    ev = recipe.eval
+    return {"items_hash": data_hash(items), "n_items": len(items), "modes": list(ev.modes),
+            "judge": {"name": ev.judge.name, **ev.judge.params},
+            "extract": list(ev.extract), "max_new_tokens": ev.max_new_tokens,
+            "templates": recipe.templates.model_dump(),
+            "general": {k: data_hash(v) for k, v in (general or {}).items()},
+            "kl_passages": ev.kl_passages, "seed": recipe.data.seed}
+
+
+def evaluate(recipe: Recipe, *, models: Optional[Sequence[str]] = None,
+             out: Optional[Path] = None, progress: bool = True) -> Path:
+    """Evaluate every model (see :func:`model_sources`), write ``run_dir/metrics.json``.
+
+    Entries of other models already in the file are kept when they were measured with the
+    same configuration (items, templates, judge...)."""
+    t_all = time.perf_counter()
+    items = load_eval_items(recipe)
+    general = load_general_sets(recipe)
+    passages, passage_source = neutral_passages(recipe, items)
+    judge = make_judge(recipe)
+    sources = model_sources(recipe, models)
+    for name, src in sources:  # fail before any work when a model cannot be found
+        _resolve(recipe, src, "models" if models else "model.source")
+    config = _config(recipe, items, general)
+    path = Path(out) if out else recipe.run_dir() / "metrics.json"
+    results: dict = {}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+            if old.get("format") == METRICS_FORMAT and old.get("config") == config:
+                results = dict(old.get("models", {}))
+        except (OSError, ValueError):
+            pass
+    base = base_tok = None
+    base_known = None
+    need_base = any(src != recipe.model.source for _, src in sources) and passages
+    if need_base or any(src == recipe.model.source for _, src in sources):
+        base, base_tok, _ = _load(recipe, recipe.model.source, "model.source")
+    if sources and sources[0][1] != recipe.model.source and "base" in results:
+        base_known = set(results["base"].get("known_ids", []))
+    for k, (name, src) in enumerate(sources):
+        print(f"[eval] {name}: {src}", file=sys.stderr)
+        is_base = src == recipe.model.source
+        if is_base:
+            model, tok, resolved = base, base_tok, None
+        else:
+            model, tok, resolved = _load(recipe, src, "models" if models else "eval")
+        t0 = time.perf_counter()
+        res = evaluate_model(model, tok, recipe, items, general=general, judge=judge,
+                             base_known=None if is_base else base_known, progress=progress)
+        if is_base:
+            base_known = set(res["known_ids"])
+        if not is_base and base is not None and passages:
+            t1 = time.perf_counter()
+            res["kl"] = {"mean": kl_divergence(base, model, tok, passages,
+                                               progress=progress),
+                         "n_passages": len(passages), "source": passage_source}
+            res["timings"]["kl_s"] = round(time.perf_counter() - t1, 2)
+        res["timings"]["total_s"] = round(time.perf_counter() - t0, 2)
+        res["source"] = src
+        results[name] = res
+        if not is_base:
+            del model
+            gc.collect()
+        print(f"[eval] {name}: {_headline(res)}", file=sys.stderr)
+    doc = {"format": METRICS_FORMAT, "recipe_sha256": recipe.sha256, "config": config,
+           "models": results, "wall_s": round(time.perf_counter() - t_all, 2)}
+    atomic_write_json(path, doc)
+    return path
+
+
+def _headline(res: dict) -> str:
+    modes = res["sycophancy"]["modes"]
+    parts = [f"acc {res['sycophancy']['accuracy_before']}"]
+    for m, rep in modes.items():
+        s = rep["known"] if m == "own" else rep["all"]
+        parts.append(f"{m}: conf {s['confidence']} truth {s['truthfulness']}")
+    if "kl" in res:
+        parts.append(f"KL {res['kl']['mean']:.4g}")
+    return "; ".join(parts)

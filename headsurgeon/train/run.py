@@ -1,0 +1,363 @@
+"""The ``train`` stage: supervised pinpoint tuning of the selected heads' slices.
+
+Everything a user can get wrong (heads, kv policy, data, resume) is checked before the
+model loads or anything is written. Training runs under accelerate's ``Accelerator``
+(device, mixed precision, gradient accumulation; ``accelerate launch -m headsurgeon
+train`` for several processes). The batch of every (step, micro-batch) is a pure
+function of the seed, so a resumed run ends with the same delta bytes as an
+uninterrupted one. Outputs beside the delta: ``<stem>.train.json`` (log) and
+``<stem>.loss.png``; checkpoints ``<stem>.ckpt.{safetensors,json}``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from headsurgeon.core import plugins
+from headsurgeon.core.errors import ValidationError
+from headsurgeon.train.objectives import ObjectiveContext, right_pad, safe_pad_id
+from headsurgeon.core.recipe import Recipe, plugin_params
+from headsurgeon.train.checkpoint import Checkpoints, CheckpointState
+
+
+def _in_recipe(recipe: Recipe, exc: ValidationError, field: Optional[str] = None):
+    """Re-anchor an error raised without a file to the recipe's line."""
+    if exc.file:
+        return exc
+    return recipe.error(field or exc.field or "data", exc.detail)
+
+
+@dataclass
+class Plan:
+    """A validated training run, before any model is loaded."""
+
+    recipe: Recipe
+    resolved: object
+    hm: object
+    objective: object
+    params: object
+    heads: list
+    kv: str
+    questions: list
+    neutral: list = field(default_factory=list)
+
+
+def plan_training(recipe: Recipe, heads: Optional[list] = None) -> Plan:
+    from headsurgeon.model.heads_file import head_map, selected_heads
+    from headsurgeon.data.datasets import load_stage
+    from headsurgeon.model.sources import resolve_model
+    from headsurgeon.data.questions import check_disjoint
+
+    from headsurgeon.core.recipe import _validate_plugin_ref
+
+    t = recipe.train
+    _validate_plugin_ref(t.objective, "objectives", ("train", "objective"), recipe)
+    objective = plugins.get("objectives", t.objective.name)
+    params = plugin_params(t.objective, "objectives")
+    try:
+        resolved = resolve_model(recipe.model.source, allow_pickle=recipe.model.allow_pickle)
+    except ValidationError as exc:
+        raise recipe.error("model.source", exc.detail) from None
+    hm = head_map(recipe)
+    try:
+        kv = hm.resolve_kv(t.kv)
+    except ValidationError as exc:
+        raise recipe.error("train.kv", exc.detail) from None
+    chosen: list = []
+    if heads is not None:
+        chosen = [tuple(int(x) for x in h) for h in heads]
+        if not chosen:
+            raise recipe.error("heads", "no heads selected")
+        for h in chosen:
+            try:
+                hm.check_head(*h)
+            except ValidationError as exc:
+                raise recipe.error("heads", exc.detail) from None
+        if len(set(chosen)) != len(chosen):
+            raise recipe.error("heads", "a head is listed twice")
+    elif getattr(objective, "needs_heads", True):
+        chosen = selected_heads(recipe, hm)
+    if t.dtype == "float16" and not torch.cuda.is_available():
+        raise recipe.error("train.dtype", "float16 mixed precision needs a GPU; use bfloat16")
+    try:
+        questions = load_stage(recipe.data.train, "train", seed=recipe.data.seed, mc_only=True)
+        for other in ("eval", "locate"):
+            refs = getattr(recipe.data, other)
+            if refs:
+                check_disjoint({"train": questions,
+                                other: load_stage(refs, other, seed=recipe.data.seed)})
+        neutral = ([q.extras.get("text") or q.question
+                    for q in load_stage(recipe.data.neutral_text, "neutral_text")]
+                   if recipe.data.neutral_text else [])
+    except ValidationError as exc:
+        raise _in_recipe(recipe, exc, "data.train") from None
+    return Plan(recipe, resolved, hm, objective, params, sorted(chosen), kv, questions, neutral)
+
+
+def train_hash(recipe: Recipe) -> str:
+    """The effective train section (recipes copied with overrides keep their text)."""
+    import hashlib
+    import json
+
+    dump = json.dumps(recipe.train.model_dump(mode="json", by_alias=True), sort_keys=True)
+    return hashlib.sha256(dump.encode()).hexdigest()
+
+
+def lr_at(step: int, t) -> float:
+    """Linear warmup then linear (power 1 polynomial) decay towards zero."""
+    warm = math.ceil(t.warmup * t.steps)
+    if step < warm:
+        return t.lr * (step + 1) / warm
+    return t.lr * (t.steps - step) / max(1, t.steps - warm)
+
+
+def batch_indices(step: int, micro: int, t, n: int, seed: int) -> list[int]:
+    """Dialogue indices of one micro-batch: seeded epochs walked in order."""
+    first = (step * t.grad_accum + micro) * t.batch_size
+    out = []
+    for pos in range(first, first + t.batch_size):
+        epoch, i = divmod(pos, n)
+        perm = list(range(n))
+        random.Random(f"{seed}:epoch:{epoch}").shuffle(perm)
+        out.append(perm[i])
+    return out
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module          # behaves as the tuned model (deltas applied)
+    tokenizer: object
+    trainable: object               # .delta_slices(), .base(), .detach()
+    plan: Plan
+    log: dict
+    finished: bool = True
+
+
+def _accelerator(t):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    mp = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}[t.dtype]
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # a fresh state per run in one process
+        AcceleratorState._reset_state(True)
+    # cpu=True without CUDA: several launched processes then form a gloo (MULTI_CPU) group
+    return Accelerator(mixed_precision=mp, gradient_accumulation_steps=t.grad_accum,
+                       cpu=not torch.cuda.is_available())
+
+
+def build_training_data(plan: Plan, model, tokenizer, *, progress: bool = True):
+    """The tokenized dialogues (and a summary of how they were drawn)."""
+    from headsurgeon.train.dialogues import build_dialogues, build_pools, model_first_letters, tokenize_all
+
+    t, recipe = plan.recipe.train, plan.recipe
+    items = t.items
+    letters = None
+    if t.first_answer == "model" or items == "known":
+        letters = model_first_letters(model, tokenizer, plan.questions, recipe.templates,
+                                      progress=progress)
+    insist, revise = build_pools(plan.questions, t.first_answer, model_letters=letters,
+                                 items=items)
+    if not insist and not revise:
+        raise recipe.error("data.train", "no usable training questions (the model answers "
+                                         "none correctly, and train.items is 'known')")
+    dialogues = build_dialogues(insist, revise, recipe.templates, n=t.n_examples,
+                                revise_ratio=t.revise_ratio, seed=t.seed,
+                                final_turn=t.final_turn, loss_on=t.loss_on,
+                                style=t.reply_style)
+    info = {"questions": len(plan.questions), "insist_pool": len(insist),
+            "revise_pool": len(revise), "dialogues": len(dialogues),
+            "revise": sum(d.kind == "revise" for d in dialogues),
+            "model_first_correct": (None if letters is None else
+                                    sum(letters[q.id] == q.answer for q in plan.questions))}
+    pairs = tokenize_all(tokenizer, dialogues)  # also checks every dialogue tokenizes
+    limit = getattr(model.config, "n_positions", None)  # learned absolute positions
+    longest = max(len(ids) for ids, _ in pairs)
+    if limit and longest > limit:
+        raise recipe.error("data.train", f"a training dialogue is {longest} tokens, more "
+                                         f"than the model's {limit} positions")
+    return dialogues, pairs, info
+
+
+def run_training(plan: Plan, *, model=None, tokenizer=None, ckpts: Optional[Checkpoints] = None,
+                 resume_state: Optional[CheckpointState] = None, stop_after: Optional[int] = None,
+                 progress: bool = True) -> TrainResult:
+    from tqdm.auto import tqdm
+
+    from headsurgeon.model.sources import load_model
+    from headsurgeon.model.safetensors_io import read_checkpoint_index
+
+    recipe, t = plan.recipe, plan.recipe.train
+    acc = _accelerator(t)
+    if t.batch_size < acc.num_processes:
+        raise recipe.error("train.batch_size", f"{t.batch_size} is fewer than the "
+                                               f"{acc.num_processes} processes")
+    if model is None:
+        model, tokenizer, _ = load_model(plan.resolved, dtype=recipe.model.dtype,
+                                         attn_implementation="sdpa")  # eager is slower
+    model.to(acc.device)
+    torch.manual_seed(t.seed)
+    dialogues, pairs, data_info = build_training_data(
+        plan, model, tokenizer, progress=progress and acc.is_main_process)
+    from headsurgeon.model.heads import HeadMap
+
+    plan.hm = HeadMap.from_model(model)  # knows which bias tensors exist
+    ctx = ObjectiveContext(model, tokenizer, plan.hm, [list(h) for h in plan.heads], plan.kv,
+                           t.seed, set(read_checkpoint_index(plan.resolved.path)),
+                           neutral_texts=lambda: plan.neutral, device=acc.device,
+                           templates=recipe.templates)
+    obj = plan.objective()
+    trainable = obj.trainable(ctx, plan.params)
+    optimizer = torch.optim.AdamW(trainable.parameters(), lr=t.lr, betas=tuple(t.betas),
+                                  weight_decay=t.weight_decay)
+    start, history = 0, []
+    if resume_state is not None:
+        Checkpoints.restore(resume_state, trainable.named, optimizer)
+        start, history = resume_state.step, list(resume_state.meta.get("history", []))
+    fwd_model, optimizer = acc.prepare(trainable.model, optimizer)
+    fwd_model.train()
+    pad = safe_pad_id(tokenizer, model)
+    end = t.steps if stop_after is None else min(t.steps, stop_after)
+    bar = tqdm(range(start, end), desc=f"train {t.objective.name}", file=sys.stderr,
+               disable=not (progress and acc.is_main_process), initial=start, total=t.steps)
+    ckpt_meta = {"recipe_hash": recipe.sha256, "train_hash": train_hash(recipe),
+                 "objective": t.objective.name, "heads": [list(h) for h in plan.heads]}
+    for step in bar:
+        history.append(_one_step(step, t, obj, ctx, plan.params, fwd_model, trainable,
+                                 optimizer, acc, dialogues, pairs, pad))
+        logs = history[-1]
+        bar.set_postfix(loss=f"{logs['loss']:.3f}")
+        done = step + 1
+        if ckpts is not None and t.checkpoint_every and (done % t.checkpoint_every == 0
+                                                          or done == end):
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                ckpts.save(done, trainable.named, optimizer.optimizer
+                           if hasattr(optimizer, "optimizer") else optimizer,
+                           {**ckpt_meta, "history": history})
+    bar.close()
+    # drop accelerate's wrappers (DDP, the autocast forward): the caller gets a plain model
+    acc.unwrap_model(fwd_model, keep_fp32_wrapper=False).eval()
+    log = {"objective": t.objective.name, "heads": [list(h) for h in plan.heads],
+           "touched_heads": trainable.touched_heads, "kv_policy": trainable.kv_policy,
+           "trainable_parameters": trainable.n_trainable, "steps": t.steps, "seed": t.seed,
+           "dtype": t.dtype, "num_processes": acc.num_processes, "data": data_info,
+           "history": history}
+    return TrainResult(trainable.model, tokenizer, trainable, plan, log,
+                       finished=end == t.steps)
+
+
+def _one_step(step: int, t, obj, ctx, params, fwd_model, trainable, optimizer, acc, dialogues,
+              pairs, pad) -> dict:
+    """One optimizer step (``grad_accum`` micro-batches); its row of the train history."""
+    t0 = time.perf_counter()
+    for g in optimizer.param_groups:
+        g["lr"] = lr_at(step, t)
+    logs: dict[str, float] = {}
+    for micro in range(t.grad_accum):
+        idx = batch_indices(step, micro, t, len(pairs), t.seed)
+        with acc.split_between_processes(idx) as mine:
+            if hasattr(obj, "collate"):  # objectives with inputs of their own
+                batch = obj.collate(ctx, params, [dialogues[i] for i in mine])
+            else:
+                batch = right_pad([pairs[i] for i in mine], pad)
+        batch.step, batch.micro = step, micro
+        with acc.accumulate(fwd_model):
+            loss, parts = obj.loss(ctx, fwd_model, trainable, batch.to(acc.device), params)
+            acc.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        parts["loss"] = float(acc.reduce(loss.detach(), "mean"))
+        for k, v in parts.items():
+            logs[k] = logs.get(k, 0.0) + v / t.grad_accum
+    return {"step": step + 1, "lr": lr_at(step, t), "seconds": round(time.perf_counter() - t0, 3),
+            **{k: round(v, 6) for k, v in logs.items()}}
+
+
+def train_in_memory(recipe: Recipe, *, heads: Optional[list] = None, model=None,
+                    tokenizer=None, progress: bool = True) -> TrainResult:
+    """Train without writing anything; the result's model is the tuned model. Pass an
+    already loaded ``model``/``tokenizer`` (of ``recipe.model``) to skip loading; call
+    ``result.trainable.detach()`` to get the untouched base back."""
+    return run_training(plan_training(recipe, heads), model=model, tokenizer=tokenizer,
+                        progress=progress)
+
+
+def delta_meta(result: TrainResult) -> dict:
+    plan, trainable = result.plan, result.trainable
+    return {"base_model": str(plan.resolved.model_id), "heads": trainable.heads,
+            "touched_heads": trainable.touched_heads, "kv_policy": trainable.kv_policy,
+            "objective": plan.recipe.train.objective.name, "steps": plan.recipe.train.steps,
+            "seed": plan.recipe.train.seed, "recipe_hash": plan.recipe.sha256,
+            "recipe": plan.recipe.text}
+
+
+def write_outputs(result: TrainResult, out: Path) -> Path:
+    from headsurgeon.core.atomic import atomic_write_json
+    from headsurgeon.model.delta import base_tensor_hashes, write_delta
+
+    slices = result.trainable.delta_slices()
+    base = base_tensor_hashes(result.plan.resolved.path, {s.param for s in slices})
+    write_delta(out, slices, base_tensors=base, meta=delta_meta(result))
+    atomic_write_json(out.with_name(out.stem + ".train.json"), result.log)
+    plot_loss(result.log["history"], out.with_name(out.stem + ".loss.png"))
+    return out
+
+
+def plot_loss(history: list, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from headsurgeon.core.atomic import atomic_write_bytes
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [h["step"] for h in history]
+    for key in ("loss", "ce", "kl"):
+        if history and key in history[0]:
+            ax.plot(steps, [h[key] for h in history], label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def train(recipe: Recipe, out: Path, *, heads: Optional[list] = None, resume: bool = False,
+          stop_after: Optional[int] = None, progress: bool = True) -> Path:
+    """Train and write the delta to ``out``. ``stop_after`` (tests) ends the run after
+    that many steps with only a checkpoint written, as if interrupted."""
+    out = Path(out)
+    plan = plan_training(recipe, heads)
+    ckpts = Checkpoints(out)
+    state = None
+    if resume:
+        if ckpts.exists():
+            state = ckpts.load(recipe_hash=recipe.sha256, train_hash=train_hash(recipe),
+                               objective=recipe.train.objective.name,
+                               heads=[list(h) for h in plan.heads])
+        else:
+            print(f"no checkpoint at {ckpts.json_path}; starting from step 0", file=sys.stderr)
+    result = run_training(plan, ckpts=ckpts, resume_state=state, stop_after=stop_after,
+                          progress=progress)
+    if not result.finished:
+        return ckpts.json_path
+    from accelerate.state import PartialState
+
+    if PartialState().is_main_process:
+        write_outputs(result, out)
+    PartialState().wait_for_everyone()
+    return out
