@@ -278,7 +278,7 @@ def test_bad_inputs_leave_nothing(tmp_path, tiny, case, monkeypatch):
             if len(calls) > 1:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             return real(*a, **k)
-        monkeypatch.setattr(sio, "_write_all" if case == "enospc_rewrite" else "copy_range",
+        monkeypatch.setattr(siw, "_write_all" if case == "enospc_rewrite" else "copy_range",
                             full)
         want = RuntimeFailure
     elif case == "bad_delta":

@@ -67,7 +67,7 @@ def test_raw_header_rewrite_is_byte_identical(tmp_path, monkeypatch, writeback):
     h = sio.read_header(src)
     started = []
     real = siw.start_writeback
-    monkeypatch.setattr(sio, "start_writeback", lambda fd, off, n: (started.append((off, n)),
+    monkeypatch.setattr(siw, "start_writeback", lambda fd, off, n: (started.append((off, n)),
                                                                      real(fd, off, n)))
     with open(src, "rb") as fin, siw.SafetensorsWriter(tmp_path / "z.safetensors",
                                                        raw_header=h.raw,
@@ -91,7 +91,7 @@ def test_writer_refuses_bytes_off_their_offsets(tmp_path, monkeypatch):
     src = tmp_path / "x.safetensors"
     h = sio.read_header(src)
     real = siw.copy_range
-    monkeypatch.setattr(sio, "copy_range", lambda s, d, off, n, **k: real(s, d, off, n - 1, **k))
+    monkeypatch.setattr(siw, "copy_range", lambda s, d, off, n, **k: real(s, d, off, n - 1, **k))
     with pytest.raises(CheckpointError, match="ends at byte") as ei:
         with open(src, "rb") as fin, siw.SafetensorsWriter(tmp_path / "z.safetensors",
                                                            raw_header=h.raw,

@@ -50,5 +50,5 @@ def expand_path(path: str):
     from headsurgeon.core.inputs import expand_path as safe_expand
 
     os.environ.setdefault("HEADSURGEON_SHARED_DATA",
-                          str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+                          str(Path(__file__).resolve().parents[3] / "shared" / "data"))
     return Path(safe_expand(path))

@@ -125,30 +125,37 @@ def backend_class():
                     raise _SocketLost() from None
                 first = self._post(request, blob)
                 self.job_id = first.id
-                conn.settimeout(1.0)
-                while True:
-                    try:
-                        message = conn.recv()
-                    except websocket.WebSocketTimeoutException:
-                        clock.check(self.job_id)
-                        continue
-                    except (OSError, websocket.WebSocketException):
-                        raise _SocketLost() from None
-                    if not message:  # a close frame
-                        raise _SocketLost()
-                    response = self.parse(message)
-                    clock.saw(response.status)
-                    if response.status == Status.ERROR:
-                        raise JobError(f"NDIF job {response.id} failed on the server: "
-                                        f"{_server_summary(response.description)}")
-                    if response.status == Status.COMPLETED:
-                        self.run_seconds = clock.running_seconds()
-                        return self.download_result(response.data)
-                    clock.check(self.job_id)
+                return _wait_for_result(self, conn, clock, Status)
             finally:
                 conn.close()
 
     return NdifBackend
+
+
+def _wait_for_result(backend, conn, clock: "JobClock", Status):
+    """Read the job's status stream until it completes, fails or runs over its budget."""
+    import websocket
+
+    conn.settimeout(1.0)
+    while True:
+        try:
+            message = conn.recv()
+        except websocket.WebSocketTimeoutException:
+            clock.check(backend.job_id)
+            continue
+        except (OSError, websocket.WebSocketException):
+            raise _SocketLost() from None
+        if not message:  # a close frame
+            raise _SocketLost()
+        response = backend.parse(message)
+        clock.saw(response.status)
+        if response.status == Status.ERROR:
+            raise JobError(f"NDIF job {response.id} failed on the server: "
+                           f"{_server_summary(response.description)}")
+        if response.status == Status.COMPLETED:
+            backend.run_seconds = clock.running_seconds()
+            return backend.download_result(response.data)
+        clock.check(backend.job_id)
 
 
 class JobClock:
