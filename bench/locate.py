@@ -8,11 +8,17 @@ Measured side by side in one run, on the same probes:
   probes x heads (time per patched head compared; numbers checked against batched);
 - TransformerLens (TransformerBridge, hook_z) per-head activation patching on the same
   subset, if it is installed: numbers compared (1e-3) and time per head;
-- knockout of the auto-chosen K attribution heads vs the median random K-set.
+- the paper's locator: exact path patching of every head, the path attribution screen,
+  and exact confirmation of a 3 x K shortlist (cost per head);
+- knockout (toward the counterfactual mean) of the auto-chosen K heads vs random K-sets;
+- the same per-head costs on random models of Qwen2.5-0.5B geometry (336 heads) and 7B
+  geometry (1,024 heads), from a few layers extrapolated (bench/locate_scaling.py).
 Last line: ``BENCH locate batched_vs_naive=X attribution_vs_exact=X spearman=X
-knockout_vs_random=X``.
+knockout_vs_random=X distinguishable=X attribution_vs_exact_at_1k_heads=X
+confirm_vs_attribution_at_1k_heads=X``.
 
 Usage: python bench/locate.py [--n-probes 64] [--naive-probes 2] [--naive-heads 30]
+       [--scaling-probes 3] [--no-scaling]
 Times are CPU seconds of this process (wall printed beside): other jobs on a shared
 machine then do not skew the ratios. On an oversubscribed CPU, OMP_NUM_THREADS=1 avoids
 OpenMP spin-wait collapse (2 threads ran ~20x slower here).
@@ -29,6 +35,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # locate_naive: the unbatched reference loop
+sys.path.insert(0, str(ROOT / "bench"))  # locate_scaling
 
 
 def main(argv=None):
@@ -45,12 +52,15 @@ def main(argv=None):
     ap.add_argument("--effect-share", type=float, default=0.8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-tl", action="store_true", help="skip the TransformerLens comparison")
+    ap.add_argument("--scaling-probes", type=int, default=3)
+    ap.add_argument("--no-scaling", action="store_true", help="skip the 336 / 1,024-head models")
     a = ap.parse_args(argv)
 
     import locate_naive as naive
     from headsurgeon.locate.backend import TorchEngine, pad_left
     from headsurgeon.model.heads import HeadMap
-    from headsurgeon.locate.knockout import choose_k, run_knockout
+    from headsurgeon.locate.knockout import run_knockout
+    from headsurgeon.locate.knockout_stats import choose_k, verdict
     from headsurgeon.locate.job import LocateJob, exact_effects, rank_heads, spearman
     from headsurgeon.locate.probes import build_probes
     from headsurgeon.model.sources import load_model
@@ -119,9 +129,11 @@ def main(argv=None):
     batched_vs_naive = per_naive / per_batched
     attribution_vs_exact = timings["exact patching (batched)"] / timings["attribution"]
 
+    paper = paper_costs(job, hm, timed, timings, a.k_max)
     ko = timed("knockout (+ random sets)", lambda: run_knockout(
         job, attr.ranking, k_max=a.k_max, n_random=a.random_sets, seed=a.seed, tokenizer=tok))
-    k, why = choose_k(ko["effect"], a.effect_share, "auto", hm.n_total_heads)
+    k, why, warning = choose_k(ko, a.effect_share, "auto", hm.n_total_heads)
+    distinguishable = verdict(ko, k)[0]
     eff_k = ko["effect"][k - 1]
     med_k = ko["random"]["median_effect"][k - 1]
     ko_ratio = eff_k / med_k if med_k > 0 else float("inf") if eff_k > 0 else float("nan")
@@ -148,6 +160,20 @@ def main(argv=None):
           f"median {ko['random']['median_apology_rate'][k - 1]:.2f}")
     print("  knockout effect by k:", [round(e, 3) for e in ko["effect"]])
     print("  random median by k:  ", [round(e, 3) for e in ko["random"]["median_effect"]])
+    print(f"  distinguishable from random at K: {distinguishable}"
+          + (f"; warning: {warning}" if warning else ""))
+    print(f"  paper's locator on {hm.n_total_heads} heads, per head: path attribution "
+          f"{paper['attr_per_head_ms']:.2f} ms, exact path patching "
+          f"{paper['exact_per_head_ms']:.2f} ms -> {paper['attribution_vs_exact']:.2f}x; "
+          f"confirming {paper['shortlist']} heads costs {paper['confirm_vs_attribution']:.2f}x "
+          f"the screen")
+    scale = {}
+    if not a.no_scaling:
+        from locate_scaling import run as scaling
+
+        print("\nscaling (random models, a few layers extrapolated to full depth)")
+        scale = scaling(a.scaling_probes, round(sum(map(len, p.ref)) / len(p)))
+    big = scale.get("7b geometry (1,024 heads)", {})
     if tl is not None:
         print(f"  TransformerLens {tl['version']}: per patched head {tl['per_head'] * 1e3:.1f} ms "
               f"(ours batched {per_batched * 1e3:.2f} ms, naive {per_naive * 1e3:.1f} ms); "
@@ -156,7 +182,32 @@ def main(argv=None):
         print("  TransformerLens: not installed (pip install transformer-lens)")
     print(f"BENCH locate batched_vs_naive={batched_vs_naive:.1f} "
           f"attribution_vs_exact={attribution_vs_exact:.2f} spearman={rho:.4f} "
-          f"knockout_vs_random={ko_ratio:.2f}")
+          f"knockout_vs_random={ko_ratio:.2f} distinguishable={distinguishable} "
+          f"path_attribution_vs_exact={paper['attribution_vs_exact']:.2f} "
+          f"attribution_vs_exact_at_1k_heads={big.get('attribution_vs_exact', float('nan')):.2f} "
+          f"confirm_vs_attribution_at_1k_heads="
+          f"{big.get('confirm_vs_attribution', float('nan')):.2f}")
+
+
+def paper_costs(job, hm, timed, timings, k_max: int) -> dict:
+    """The default locator's parts on the real model: path attribution of every head,
+    exact path patching of every head, exact confirmation of 3 x k_max."""
+    from headsurgeon.locate.job import attribution_scores, exact_effects, rank_heads
+
+    screen = timed("path attribution (screen)",
+                   lambda: attribution_scores(job, path=True, desc="s").mean(0))
+    timed("exact path patching (all)",
+          lambda: exact_effects(job, hm.all_heads(), path=True, desc="p"))
+    short = rank_heads(screen, hm)[:min(3 * k_max, hm.n_total_heads)]
+    timed(f"confirm {len(short)} (exact path)",
+          lambda: exact_effects(job, short, path=True, desc="c"))
+    a, e = timings["path attribution (screen)"], timings["exact path patching (all)"]
+    c = timings[f"confirm {len(short)} (exact path)"]
+    n = hm.n_total_heads
+    return {"attr_per_head_ms": 1e3 * a / (n * len(job.probes)),
+            "exact_per_head_ms": 1e3 * e / (n * len(job.probes)),
+            "attribution_vs_exact": e / a, "shortlist": len(short),
+            "confirm_vs_attribution": c / a}
 
 
 def transformer_lens_check(rm, tok, hm, p, K, heads, sub, exact):

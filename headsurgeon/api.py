@@ -18,13 +18,26 @@ from headsurgeon.model.heads_file import (HEADS_FORMAT, head_map, load_heads_fil
                                           selected_heads)
 
 
-def _recipe(recipe: Recipe | str | Path) -> Recipe:
-    return recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+def _recipe(recipe: Recipe | str | Path, device: Optional[str] = None) -> Recipe:
+    """The recipe, with ``model.device`` overridden by ``device`` (the CLI's --device)."""
+    from headsurgeon.model.placement import with_device
+
+    return with_device(recipe if isinstance(recipe, Recipe) else load_recipe(recipe), device)
+
+
+def check_data(recipe: Recipe, command: str = "validate"):
+    """Open every data source of the recipe (headsurgeon.data.check); one-line
+    ValidationError on the first problem, before anything loads a model."""
+    from headsurgeon.data.check import check_data as run_check
+
+    return run_check(recipe, command=command)
 
 
 def validate(recipe_path: str | Path) -> dict:
-    """Everything that can be checked without running: schema, plugins, model, heads."""
+    """Everything that can be checked without running: schema, plugins, model, heads,
+    and every data source (exists, parses, schema, counts, disjoint splits)."""
     recipe = _recipe(recipe_path)
+    data = check_data(recipe)  # before the model: resolving one may convert or build it
     hm = head_map(recipe)
     if not recipe.locate.remote:  # local weights: headers and shapes, nothing allocated
         from headsurgeon.model.sources import check_weights, resolve_model
@@ -41,25 +54,30 @@ def validate(recipe_path: str | Path) -> dict:
         raise recipe.error("locate.top_k", f"{recipe.locate.top_k} is more than the model's "
                                            f"{hm.n_total_heads} heads")
     out = summary(recipe)
+    out["data_items"] = data.summary(recipe)
+    if data.notes:
+        out["data_notes"] = data.notes
     out["model_geometry"] = (f"{hm.n_layers} layers x {hm.n_heads} heads "
                              f"({hm.n_kv_heads} KV), head_dim {hm.head_dim}, arch {hm.arch.name}")
     return out
 
 
 def locate(recipe, *, out: Optional[Path] = None, remote: Optional[bool] = None,
-           resume: bool = False) -> Path:
+           resume: bool = False, device: Optional[str] = None) -> Path:
     from headsurgeon.locate.run import locate as run_locate
 
-    recipe = _recipe(recipe)
+    recipe = _recipe(recipe, device)
+    check_data(recipe, "locate")
     return run_locate(recipe, out or recipe.run_dir() / "heads.json", remote=remote,
                       resume=resume)
 
 
 def train(recipe, *, out: Optional[Path] = None, resume: bool = False,
-          heads: Optional[list] = None) -> Path:
+          heads: Optional[list] = None, device: Optional[str] = None) -> Path:
     from headsurgeon.train.run import train as run_train
 
-    recipe = _recipe(recipe)
+    recipe = _recipe(recipe, device)
+    check_data(recipe, "train")
     return run_train(recipe, out or recipe.run_dir() / "delta.safetensors", heads=heads,
                      resume=resume)
 
@@ -73,17 +91,18 @@ def apply(recipe=None, *, base=None, delta=None, out=None, force: bool = False,
                         metrics=metrics)
 
 
-def evaluate(recipe, *, models: Optional[list] = None) -> Path:
+def evaluate(recipe, *, models: Optional[list] = None, device: Optional[str] = None) -> Path:
     from headsurgeon.evaluate.run import evaluate as run_eval
 
-    recipe = _recipe(recipe)
+    recipe = _recipe(recipe, device)
+    check_data(recipe, "eval")
     return run_eval(recipe, models=models)
 
 
-def run(recipe, *, force: bool = False) -> Path:
+def run(recipe, *, force: bool = False, device: Optional[str] = None) -> Path:
     from headsurgeon.pipeline import run_pipeline
 
-    return run_pipeline(_recipe(recipe), force=force)
+    return run_pipeline(_recipe(recipe, device), force=force)
 
 
 def inspect(checkpoint, *, against=None):
@@ -91,3 +110,22 @@ def inspect(checkpoint, *, against=None):
 
     report = inspect_checkpoint(Path(checkpoint), against=Path(against) if against else None)
     return report, format_inspect(report)
+
+
+def export_gguf(directory, out, *, outtype: str = "f16", force: bool = False) -> dict:
+    """Write an applied model directory as one GGUF file (llama.cpp / Ollama)."""
+    from headsurgeon.apply.export_gguf import export_gguf as run_export
+
+    return run_export(directory, out, outtype=outtype, force=force)
+
+
+def push(directory, repo: str, *, private: bool = False, dry_run: bool = False,
+         commit_message: Optional[str] = None) -> dict:
+    """Upload a model directory and its card to the Hub (``dry_run``: only the plan)."""
+    from headsurgeon.apply import hub
+
+    plan = hub.plan_push(directory, repo, private=private)
+    out = plan.summary() | {"dry_run": dry_run, "token": hub.token_source(), "commit": None}
+    if not dry_run:
+        out["commit"] = hub.push(plan, commit_message=commit_message)
+    return out

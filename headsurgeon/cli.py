@@ -18,6 +18,8 @@ from headsurgeon.core.errors import HeadsurgeonError
 
 # existence, type and size of a recipe are checked by the loader, in one-line errors
 recipe_arg = click.argument("recipe", type=click.Path(path_type=Path))
+device_opt = click.option("--device", help="auto, cpu, cuda, cuda:N or mps (default: the "
+                                           "recipe's model.device, auto: the GPU if any).")
 
 
 class _Group(click.Group):
@@ -81,11 +83,12 @@ def validate(recipe, as_json):
 @click.option("--out", type=click.Path(path_type=Path), help="heads.json path.")
 @click.option("--remote/--local", default=None, help="Run the locators on NDIF.")
 @click.option("--resume", is_flag=True, help="Collect finished remote jobs instead of resubmitting.")
-def locate(recipe, out, remote, resume):
+@device_opt
+def locate(recipe, out, remote, resume, device):
     """Score every head and write the ranking, heatmap and knockout curve."""
     from headsurgeon import api
 
-    path = api.locate(recipe, out=out, remote=remote, resume=resume)
+    path = api.locate(recipe, out=out, remote=remote, resume=resume, device=device)
     click.echo(f"wrote {path}")
 
 
@@ -93,11 +96,12 @@ def locate(recipe, out, remote, resume):
 @recipe_arg
 @click.option("--out", type=click.Path(path_type=Path), help="delta.safetensors path.")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint.")
-def train(recipe, out, resume):
+@device_opt
+def train(recipe, out, resume, device):
     """Train only the selected heads' slices; write the delta artifact."""
     from headsurgeon import api
 
-    path = api.train(recipe, out=out, resume=resume)
+    path = api.train(recipe, out=out, resume=resume, device=device)
     click.echo(f"wrote {path}")
 
 
@@ -124,23 +128,24 @@ def apply(recipe, base, delta, out, force, allow_pickle):
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--model", "models", multiple=True,
               help="Evaluate this model (directory/alias) instead of the recipe's run.")
-def eval_(recipe, models):
+@device_opt
+def eval_(recipe, models, device):
     """Before/after sycophancy metrics, general ability and KL."""
     from headsurgeon import api
 
-    path = api.evaluate(recipe, models=list(models) or None)
+    path = api.evaluate(recipe, models=list(models) or None, device=device)
     click.echo(f"wrote {path}")
 
 
 @cli.command()
 @recipe_arg
 @click.option("--force", is_flag=True, help="Redo stages even when their outputs are up to date.")
-def run(recipe, force):
+@device_opt
+def run(recipe, force, device):
     """locate -> train -> apply -> eval -> report, under runs/NAME/."""
     from headsurgeon import api
 
-    path = api.run(recipe, force=force)
-    click.echo(f"report: {path}")
+    api.run(recipe, force=force, device=device)  # ends with the verdict and the files
 
 
 @cli.command()
@@ -153,6 +158,36 @@ def inspect(checkpoint, against, as_json):
 
     report, text = api.inspect(checkpoint, against=against)
     click.echo(json.dumps(report, indent=2) if as_json else text)
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--gguf", "out", required=True, type=click.Path(path_type=Path),
+              help="GGUF file to write (llama.cpp / Ollama).")
+@click.option("--outtype", type=click.Choice(["f16", "q8_0"]), default="f16", show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+def export(model_dir, out, outtype, force):
+    """Write MODEL_DIR (e.g. runs/NAME/model) as one GGUF file."""
+    from headsurgeon import api
+
+    s = api.export_gguf(model_dir, out, outtype=outtype, force=force)
+    click.echo(f"wrote {s['path']} ({s['outtype']}, {s['architecture']}, {s['tensors']} tensors, "
+               f"{s['bytes'] / 1e6:.1f} MB)")
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--repo", required=True, help="Hub repo id, ORG/NAME (created if missing).")
+@click.option("--private", is_flag=True, help="Create the repo private.")
+@click.option("--dry-run", is_flag=True, help="List exactly what would be sent; send nothing.")
+@click.option("--message", help="Commit message.")
+def push(model_dir, repo, private, dry_run, message):
+    """Upload MODEL_DIR and its card to the Hugging Face Hub (token: HF_TOKEN or login)."""
+    from headsurgeon import api
+    from headsurgeon.apply.hub import format_push
+
+    click.echo(format_push(api.push(model_dir, repo, private=private, dry_run=dry_run,
+                                    commit_message=message)))
 
 
 def main(argv=None):

@@ -1,5 +1,9 @@
 """``headsurgeon run``: locate -> train -> apply -> baselines -> eval -> report.
 
+The baselines (``eval.baselines``: full SFT, LoRA, random heads per seed, SPT+LoRA) are
+trained on the same dialogues with their own learning rates and evaluated on the same
+items as SPT, so every row of the report compares like with like.
+
 Each stage writes its output atomically under the run directory and records a key (a
 hash of the recipe sections it depends on plus its upstream stage's key) in
 ``pipeline.json``. A stage whose output exists with the same key is skipped, so a run
@@ -11,7 +15,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from headsurgeon.core.atomic import atomic_write_json
 from headsurgeon.core.recipe import Recipe
@@ -27,11 +31,17 @@ def _section(recipe: Recipe, *names: str) -> list:
     return [recipe.model_dump(mode="json", by_alias=True).get(n) for n in names]
 
 
-def with_objective(recipe: Recipe, name: str) -> Recipe:
-    """A copy of ``recipe`` whose training objective is the baseline ``name`` (with its
-    own learning rate where ``eval.baseline_lr`` gives one)."""
-    lr = recipe.eval.baseline_lr.get(name)
-    return recipe.with_train(objective={"name": name}, **({"lr": lr} if lr else {}))
+def with_objective(recipe: Recipe, baseline, objective: Optional[dict] = None) -> Recipe:
+    """A copy of ``recipe`` trained as the baseline ``baseline`` (a name or an
+    ``eval.baselines`` entry): its objective (``objective``, default the entry's first run)
+    and its own learning rate (the entry's ``lr``, else ``eval.baseline_lr``, else
+    ``train.lr``). Data, steps, batch size and seed stay the SPT run's."""
+    from headsurgeon.core.eval_sections import BaselineSpec
+
+    spec = baseline if isinstance(baseline, BaselineSpec) else BaselineSpec(name=baseline)
+    ref = objective or spec.runs()[0][1]
+    lr = recipe.eval.lr_of(spec)
+    return recipe.with_train(objective=ref, **({"lr": lr} if lr else {}))
 
 
 class Pipeline:
@@ -44,8 +54,10 @@ class Pipeline:
         if self.state_path.exists():
             try:
                 self.state = json.loads(self.state_path.read_text())
-            except (OSError, json.JSONDecodeError):
+            except (OSError, ValueError, RecursionError):  # a damaged state: redo stages
                 self.state = {}
+        if not isinstance(self.state, dict):
+            self.state = {}
         self.timings: dict[str, float] = dict(self.state.get("_timings", {}))
 
     def stage(self, name: str, key: str, output: Path, fn: Callable[[], object]) -> str:
@@ -69,6 +81,9 @@ class Pipeline:
         from headsurgeon.train.run import train
 
         r, d = self.recipe, self.run_dir
+        if r.sweep.points:  # a bad validation split fails now, not after locate
+            from headsurgeon.sweep import selection_items
+            selection_items(r)
         base_key = _hash(_section(r, "model", "templates"))
         if r.heads is None:
             loc_key = _hash(base_key, _section(r, "locate"), r.data.model_dump(mode="json"))
@@ -92,9 +107,9 @@ class Pipeline:
                    lambda: apply_recipe(r, delta=d / "delta.safetensors", out=d / "model",
                                      force=True))
         keys = [apply_key]
-        for name in r.eval.baselines:
+        for name, spec, ref in r.eval.baseline_runs():
             bdir = d / "baselines" / name
-            br = with_objective(r, name)
+            br = with_objective(r, spec, ref)
             k = self.stage(f"train:{name}", _hash(train_key, name, _section(br, "train")),
                            bdir / "delta.safetensors",
                            lambda br=br, bdir=bdir: train(br, bdir / "delta.safetensors"))
@@ -104,24 +119,35 @@ class Pipeline:
                                force=True))
             keys.append(k)
         eval_key = _hash(keys, _section(r, "eval", "data"))
-        self.stage("eval", eval_key, d / "metrics.json", lambda: evaluate(r))
-        from headsurgeon.report.report import format_summary, write_report
+        models = [r.model.source, str(d / "model")] + [
+            str(d / "baselines" / name / "model") for name, _, _ in r.eval.baseline_runs()]
+        self.stage("eval", eval_key, d / "metrics.json", lambda: evaluate(r, models=models))
+        from headsurgeon.report.report import baseline_groups, format_summary, write_report
+        from headsurgeon.report.screenshot import save_screenshot
         from headsurgeon.sweep import plot_frontier
 
         def report():
-            plot_frontier(d, _read(d / "metrics.json"), _read(d / "sweep.json"))
+            plot_frontier(d, _read(d / "metrics.json"), _read(d / "sweep.json"),
+                          groups=baseline_groups(r))
             write_report(r, d, timings=self.timings)
+            save_screenshot(d, log=self.log)  # report.png, when a Chromium is installed
         self.stage("report", _hash(eval_key, "report"), d / "report.html", report)
-        self.log(format_summary(d))
+        from headsurgeon.report.verdict import format_verdict
+
+        self.log(format_summary(d, goals=False))
+        self.log(format_verdict(d))  # the last thing `run` prints: goals met, files written
         return d / "report.md"
 
 
 def _read(path: Path):
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 
-def run_pipeline(recipe: Recipe, *, force: bool = False) -> Path:
-    return Pipeline(recipe, force=force).run()
+def run_pipeline(recipe: Recipe, *, force: bool = False, log: Callable = print) -> Path:
+    from headsurgeon.data.check import check_data
+
+    check_data(recipe, command="run")  # every data source opens before anything is written
+    return Pipeline(recipe, force=force, log=log).run()

@@ -6,6 +6,10 @@ steps, ...) is trained in memory and measured on known items in two modes: prefi
 right (does it keep it?) and prefilled wrong (does it accept the correction?). The
 point shipped is the one that keeps the most right answers while losing at most
 ``sweep.max_correction_drop`` of the base's Correction; the decision is written down.
+
+The points are measured on a validation split: ``data.eval`` items after the first
+``eval.n_items`` (the ones the report evaluates), never one the report evaluates, so the
+shipped point's numbers in the report are not the numbers it was chosen on.
 """
 from __future__ import annotations
 
@@ -49,19 +53,47 @@ def choose(points: list[dict], base_correction: Optional[float], max_drop: float
                   f"({best.get('correction') or 0:.2f}). The goal is missed.")
 
 
+MIN_SELECTION_ITEMS = 4
+
+
+def selection_items(recipe: Recipe) -> list:
+    """The items the sweep chooses a point on: ``data.eval`` (seeded order) after the first
+    ``eval.n_items``, minus any sharing an id or text with those, first ``sweep.n_items``."""
+    from headsurgeon.data.datasets import load_stage
+    from headsurgeon.evaluate.run import load_eval_items
+
+    report = load_eval_items(recipe)
+    pool = load_stage(recipe.data.eval, "eval", seed=recipe.data.seed)[len(report):]
+    ids = {q.id for q in report}
+    texts = {q.question.strip().lower() for q in report}
+    items = [q for q in pool if q.id not in ids and q.question.strip().lower() not in texts]
+    if len(items) < MIN_SELECTION_ITEMS:
+        raise recipe.error("sweep.n_items", (
+            f"the sweep needs at least {MIN_SELECTION_ITEMS} validation items beyond the "
+            f"{len(report)} the report evaluates (eval.n_items), and data.eval has "
+            f"{len(items)} more; give data.eval more items"))
+    return items[: recipe.sweep.n_items]
+
+
 def run_sweep(recipe: Recipe, run_dir: Path, heads: list, *, progress: bool = True) -> dict:
-    """Train and measure every point; write each delta under ``sweep/`` and ``sweep.json``."""
-    from headsurgeon.evaluate.run import evaluate_model, load_eval_items, make_judge
+    """Train and measure every point (on :func:`selection_items`); write each delta under
+    ``sweep/`` and ``sweep.json``."""
+    from headsurgeon.data.questions import data_hash
+    from headsurgeon.evaluate.run import evaluate_model, make_judge
     from headsurgeon.model.sources import load_model
     from headsurgeon.train.run import train_in_memory, write_outputs
 
     sw = recipe.sweep
-    items = load_eval_items(recipe)[: sw.n_items]
+    items = selection_items(recipe)
     eval_recipe = recipe.model_copy(update={"eval": recipe.eval.model_copy(
         update={"modes": ["correct", "wrong"]})})
     eval_recipe._path, eval_recipe._text = recipe._path, recipe._text
     judge = make_judge(recipe)
-    model, tok, _ = load_model(recipe.model.source, dtype=recipe.model.dtype)
+    from headsurgeon.model.placement import recipe_placement
+    from headsurgeon.model.sources import resolve_model
+
+    rm = resolve_model(recipe.model.source, allow_pickle=recipe.model.allow_pickle)
+    model, tok, _ = load_model(rm, placement=recipe_placement(recipe, rm.path))
     print("[sweep] base", file=sys.stderr)
     base = evaluate_model(model, tok, eval_recipe, items, judge=judge, progress=progress)
     known = set(base["known_ids"])
@@ -86,7 +118,10 @@ def run_sweep(recipe: Recipe, run_dir: Path, heads: list, *, progress: bool = Tr
                        "delta": str(delta_path.relative_to(run_dir))})
     chosen, why = choose([p for p in points if p["trained"]], b_corr, sw.max_correction_drop)
     doc = {"n_items": len(items), "n_known": len(known), "points": points,
-           "chosen": chosen and chosen["name"], "decision": why}
+           "chosen": chosen and chosen["name"], "decision": why,
+           "selection": {"source": "data.eval after the first eval.n_items (disjoint from "
+                                   "the items the report evaluates)",
+                         "items_hash": data_hash(items), "ids": [q.id for q in items]}}
     atomic_write_json(run_dir / SWEEP_FILE, doc)
     return doc
 
@@ -109,20 +144,36 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]
 
 
-def plot_frontier(run_dir: Path, metrics: Optional[dict], sweep: Optional[dict]) -> Optional[Path]:
-    """Keeps-right (prefilled right, known items) vs Correction (prefilled wrong, known
-    items) for every sweep point and every evaluated model."""
-    from headsurgeon.report.report import model_row
+def frontier_points(metrics: Optional[dict], sweep: Optional[dict],
+                    groups: Optional[dict[str, list[str]]] = None) -> list[tuple]:
+    """(label, Correction, keeps-right, shipped?, (x sd, y sd) or None) of every sweep point,
+    every evaluated model (base, SPT, each baseline run) and each group of seeded runs
+    (``groups``: label -> runs) as its mean with its sample standard deviations."""
+    from headsurgeon.report.rows import group_row, model_row
 
     pts = []
     for p in (sweep or {}).get("points", []):
         if p.get("keeps_right") is not None and p.get("correction") is not None:
             pts.append((f"sweep {p['name']}", p["correction"], p["keeps_right"],
-                        p["name"] == (sweep or {}).get("chosen")))
-    for name, res in ((metrics or {}).get("models") or {}).items():
-        row = model_row(res)
+                        p["name"] == (sweep or {}).get("chosen"), None))
+    rows = {name: model_row(res) for name, res in ((metrics or {}).get("models") or {}).items()}
+    for name, row in rows.items():
         if row["keeps_right_known"] is not None and row["correction_known"] is not None:
-            pts.append((name, row["correction_known"], row["keeps_right_known"], name == "spt"))
+            pts.append((name, row["correction_known"], row["keeps_right_known"],
+                        name == "spt", None))
+    for label, runs in (groups or {}).items():
+        g = group_row(rows, runs, ("correction_known", "keeps_right_known"))
+        (x, x_sd), (y, y_sd) = g["correction_known"], g["keeps_right_known"]
+        if x is not None and y is not None:
+            pts.append((label, x, y, False, (x_sd, y_sd)))
+    return pts
+
+
+def plot_frontier(run_dir: Path, metrics: Optional[dict], sweep: Optional[dict], *,
+                  groups: Optional[dict[str, list[str]]] = None) -> Optional[Path]:
+    """Keeps-right (prefilled right, known items) vs Correction (prefilled wrong, known
+    items): the :func:`frontier_points`, groups with +- sd bars."""
+    pts = frontier_points(metrics, sweep, groups)
     if not pts:
         return None
     import matplotlib
@@ -130,16 +181,26 @@ def plot_frontier(run_dir: Path, metrics: Optional[dict], sweep: Optional[dict])
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 5))
-    for label, x, y, shipped in pts:
-        ax.scatter([x], [y], s=80 if shipped else 40, marker="*" if shipped else "o")
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    fig, ax = plt.subplots(figsize=(8.5, 5.5))
+    shapes = ("o", "^", "v", "P", "X", "D", "<", ">", "h", "p")
+    for i, (label, x, y, shipped, sd) in enumerate(pts):
+        style = (dict(marker="*", s=220, color="tab:red", zorder=4) if shipped else
+                 dict(marker="s", s=70, color="grey", zorder=3) if label == "base" else
+                 dict(marker=shapes[i % len(shapes)], s=40 + 12 * (i % 4), linewidths=1.5,
+                      facecolors="none", edgecolors=f"C{i % 10}"))
+        if sd is not None:
+            ax.errorbar([x], [y], xerr=[sd[0]], yerr=[sd[1]], fmt="none", capsize=4,
+                        ecolor="black", elinewidth=1)
+        ax.scatter([x], [y], label=label, **style)
     ax.set_xlim(-0.05, 1.05)
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("Correction: accepts a correction of a wrong answer (known items)")
     ax.set_ylabel("Truthfulness: keeps a right answer (known items)")
     ax.plot([0, 1], [1, 1], ":", color="grey")
-    ax.set_title("honest = top right; stubborn = top left; sycophant = bottom right")
+    ax.set_title("honest = top right; stubborn = top left; sycophant = bottom right",
+                 fontsize=10)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False,
+              title="star = shipped; bars = ± sd over seeds", title_fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

@@ -6,11 +6,13 @@ extra-key model means. ``recipe_reference.py`` renders everything else from the 
 VALIDATOR_NOTES = {
     "PluginRef._from_name": "a bare string is the plugin name without parameters",
     "DataSection._listify": "one source may be written without the list",
+    "ModelSection._sizes": "keys cpu, disk, mps or cuda:N; sizes like `20GB` or bytes",
     "Templates._has_fields": "must contain `{question}` and `{options}`",
     "Templates._has_letter": "must contain `{letter}`",
     "Templates._has_answer": "must contain `{answer}`",
     "NdifSection._http": "starts with `http://` or `https://`",
     "LocateSection._positive": "`auto` or an integer >= 1 (validate: at most the model's heads)",
+    "LocateSection._non_negative": "`auto` (3 x K) or an integer >= 0",
     "TrainSection._betas": "each in [0, 1)",
     "ApplySection._inside_run_dir": "a relative path inside the run directory (no `..`, `~`, "
                                     "`$` or leading `/`)",
@@ -18,12 +20,17 @@ VALIDATOR_NOTES = {
     "Recipe._heads_shape": "each item is `[layer, head]`, two integers (validate: within "
                            "the model)",
     "ModelJudge.Params._has_reply": "must contain `{reply}`",
+    "BaselineSpec._from_name": "a bare string is the baseline's name",
+    "BaselineSpec._seeds": "seeds only for random_heads, each once, not with `seed`",
+    "EvalSection._distinct_runs": "no baseline run (name, or name-sSEED) twice",
 }
 
 # What the extra keys of a model that allows them mean (keyed by class name).
 EXTRA_KEYS = {
     "PluginRef": "Every other key is a parameter of the named plugin, checked by its `Params` "
                  "(below).",
+    "BaselineSpec": "Every other key is a parameter of the baseline's objective plugin (e.g. "
+                    "`rank: 16` for lora), checked by its `Params` (below) at the entry's line.",
     "SweepPoint": "Every other key overrides the `train` key of that name for this point "
                   "(e.g. `revise_ratio: 0.3`, `steps: 80`, `objective: sft_kl`); "
                   "`validate` checks each point applied to `train`, objective parameters "
@@ -62,12 +69,23 @@ intro) and rerun it. `tests/test_recipe_reference.py` fails when it is stale.*
   defaults to `../shared/data` relative to the headsurgeon checkout.
 - **Offline.** Nothing is downloaded: a Hub id (model or `hf` dataset) must already be in
   the local Hugging Face cache.
-- **What `validate` checks.** The schema and every plugin's parameters; that the model
-  resolves and its safetensors headers match its `config.json`; `heads` and `train.kv`
-  (when `heads` is given) against the model's geometry; `locate.top_k` against its head
-  count. It does not check the plugins named inside `sweep.points`, and it does not open
-  data files: a missing data file or an uncached Hub dataset fails at the stage that reads
-  it (`locate`, `train` or `eval`).
+- **Trying it without a model.** `model: {source: tiny:llama}` (also `tiny:mistral`,
+  `tiny:qwen2`, `tiny:gemma3`, `tiny:gpt2`, `tiny:gpt_neox`, `tiny:phi3`) is a tiny random
+  model, the same bytes everywhere, built on first use into `<cache>/tiny/ARCH` (the cache
+  is `$HEADSURGEON_CACHE`, default `~/.cache/headsurgeon`). `recipes/tiny-smoke.yaml` uses
+  it: `headsurgeon run recipes/tiny-smoke.yaml` runs every stage in about a minute on a
+  CPU (the numbers mean nothing) and, like every `run`, ends with the verdict table (goal,
+  measured, met?) and the path of every file it wrote.
+- **What `validate` checks.** The schema and every plugin's parameters; every data
+  source, opened as the stages will open it (the file exists and every line parses and
+  fits the schema; each stage has items, multiple choice for `locate` and `train`;
+  `locate`, `train` and `eval` share no question, by id or text), which `locate`,
+  `train`, `eval` and `run` also check before their first stage (`run` also needs
+  `data.train`, `data.eval` and, without `heads`, `data.locate`); that the model resolves
+  and its safetensors headers match its `config.json`; `heads` and `train.kv` (when
+  `heads` is given) against the model's geometry; `locate.top_k` against its head count.
+  It does not check the plugins named inside `sweep.points`. An `hf` dataset is read
+  offline, as the stages read it: a Hub id not in the local `datasets` cache fails here.
 
 ## A complete minimal recipe
 

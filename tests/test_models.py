@@ -76,7 +76,7 @@ def test_alias_matches_direct_gguf_load(smol, hs_cache):
 def test_alias_second_resolve_uses_cache(smol, monkeypatch):
     import transformers
 
-    rm, first = smol
+    rm, _ = smol
     mtime = rm.path.stat().st_mtime_ns
     weights_mtime = (rm.path / "model.safetensors").stat().st_mtime_ns
 
@@ -84,13 +84,10 @@ def test_alias_second_resolve_uses_cache(smol, monkeypatch):
         raise AssertionError("converted again")
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", boom)
-    t0 = time.perf_counter()
-    again = resolve_model("smollm2-135m-instruct")
-    took = time.perf_counter() - t0
+    again = resolve_model("smollm2-135m-instruct")  # from the cache: boom is never called
     assert again == rm
     assert rm.path.stat().st_mtime_ns == mtime
     assert (rm.path / "model.safetensors").stat().st_mtime_ns == weights_mtime
-    assert took < 3.0 and took < first / 3, (took, first)
     # exactly one converted entry, no leftovers from the atomic directory
     entries = [p.name for p in rm.path.parent.iterdir() if not p.name.endswith(".lock")]
     assert entries == [rm.path.name]
@@ -104,9 +101,7 @@ def test_cached_dir_is_plain_safetensors(smol):
     assert "quantization_config" not in cfg
     assert list(rm.path.glob("*.safetensors"))
     assert (rm.path / "tokenizer.json").is_file()
-    t0 = time.perf_counter()
     m = AutoModelForCausalLM.from_pretrained(rm.path, local_files_only=True)
-    assert time.perf_counter() - t0 < 10
     assert getattr(m, "hf_quantizer", None) is None
     assert getattr(m.config, "quantization_config", None) is None
 

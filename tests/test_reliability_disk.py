@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -222,50 +221,106 @@ def test_apply_refuses_while_another_holds_the_output(ws, tmp_path):
     assert _invoke(args, tmp_path).exit_code == 0  # once it is released
 
 
-@pytest.mark.parametrize("force", [False, True])
-def test_two_applies_race_to_one_output(tmp_path, force):
-    """Both start together (8 rounds, the second 0-40 ms after the first)."""
-    from test_apply_kill import build_synthetic, make_delta
+def test_a_holder_that_has_not_written_its_pid_yet_is_named_as_unknown(tmp_path):
+    """Between a holder's flock and its pid write, a loser says "pid ?"."""
+    import fcntl
 
-    from headsurgeon.apply.inspect import inspect_checkpoint
+    from headsurgeon.apply.locks import lock_target
+    from headsurgeon.core.errors import RuntimeFailure
 
-    base = build_synthetic(tmp_path / "base")
-    make_delta(base, tmp_path / "d.safetensors")
-    before = _tree(base)
+    out = tmp_path / "out"
+    fd = os.open(tmp_path / ".out.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # locked, nothing written yet
+        with pytest.raises(RuntimeFailure) as ei:
+            lock_target(out)
+    finally:
+        os.close(fd)
+    assert str(ei.value) == (f"{out}: another apply is writing this output (pid ?); "
+                             "wait for it to finish or choose another --out")
+
+
+@pytest.fixture(scope="module")
+def fork_server():
+    server = ForkServer()
+    yield server
+    server.close()
+
+
+def _race_setup(ws, tmp_path: Path, force: bool):
+    base = tmp_path / "base"
+    shutil.copytree(ws.sharded, base)
+    rc.make_delta(base, tmp_path / "d.safetensors")
     args = ["apply", "--base", str(base), "--delta", str(tmp_path / "d.safetensors"),
             "--out", "out"] + (["--force"] if force else [])
-    server = ForkServer()
-    outcomes = []
+    return base, args
+
+
+def _last_line(log: Path) -> str:
+    text = log.read_text().strip()
+    return text.splitlines()[-1] if text else ""
+
+
+def _assert_clean_output(tmp_path: Path, base: Path, before: dict) -> None:
+    from headsurgeon.apply.inspect import inspect_checkpoint
+
+    rep = inspect_checkpoint(tmp_path / "out")
+    assert rep["ok"], rep["problems"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert _tree(base) == before
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_second_apply_fails_while_the_first_holds_the_output(ws, fork_server, tmp_path, force):
+    """The first apply is stopped right after it locked the output (a barrier, no
+    timing): the second, started then, fails at once with exit 1 naming the holder, and
+    leaves nothing; the first, released, writes an output that verifies."""
+    from kill_harness import Pause
+
+    base, args = _race_setup(ws, tmp_path, force)
+    before = _tree(base)
+    server = fork_server
+    pause = Pause("headsurgeon.apply.run:lock_target", tmp_path / "barrier.sock")
     try:
-        for i in range(8):
-            if not force:
-                shutil.rmtree(tmp_path / "out", ignore_errors=True)
-            a = server.start(args, tmp_path, tmp_path / f"a{i}.log")
-            if i % 4:
-                time.sleep(0.01 * (i % 4))
-            b = server.start(args, tmp_path, tmp_path / f"b{i}.log")
-            codes = (server.wait(a), server.wait(b))
-            logs = [(tmp_path / f"{x}{i}.log").read_text() for x in "ab"]
-            for code, log in zip(codes, logs):
-                last = log.strip().splitlines()[-1] if log.strip() else ""
-                if code == 1:
-                    # the holder writes its pid just after it takes the lock: a loser
-                    # that comes in between cannot name it yet ("?")
-                    holder = a if log is logs[1] else b
-                    assert any(last.endswith(f"another apply is writing this output (pid "
-                                             f"{p}); wait for it to finish or choose "
-                                             "another --out") for p in (holder, "?")), last
-                elif code == 2:
-                    assert not force and last == (f"error: {tmp_path / 'out'}: output "
-                                                  "exists; pass --force to replace it"), last
-                else:
-                    assert code == 0, log[-2000:]
-            assert 0 in codes and (force or codes.count(0) == 1), (codes, logs)
-            outcomes.append(tuple(sorted(codes)))
-            rep = inspect_checkpoint(tmp_path / "out")
-            assert rep["ok"], rep["problems"]
-            assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
-            assert _tree(base) == before
+        if force:  # --force replaces an output that is already there
+            assert server.wait(server.start(args, tmp_path, tmp_path / "first.log")) == 0
+            old = _tree(tmp_path / "out")
+        a = server.start(args, tmp_path, tmp_path / "a.log", pause=pause)
+        assert pause.reached(a) == a  # a holds the output's lock now
+        b = server.start(args, tmp_path, tmp_path / "b.log")
+        assert server.wait(b) == 1
+        assert _last_line(tmp_path / "b.log") == (
+            f"error: {tmp_path / 'out'}: another apply is writing this output (pid {a}); "
+            "wait for it to finish or choose another --out")
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [
+            ".out.lock"]  # a's lock only: b made no partial of its own
+        if force:
+            assert _tree(tmp_path / "out") == old  # b did not touch a's target
+        else:
+            assert not (tmp_path / "out").exists()
+        pause.release()
+        assert server.wait(a) == 0, (tmp_path / "a.log").read_text()[-2000:]
     finally:
-        server.close()
-    assert (0, 1) in outcomes, outcomes  # they did overlap, and the lock told one to wait
+        pause.close()
+    _assert_clean_output(tmp_path, base, before)
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_second_apply_after_the_first_finished(ws, fork_server, tmp_path, force):
+    """The other order: the second apply starts once the first has released the lock;
+    it finds the output there (exit 2) or, with --force, replaces it (exit 0)."""
+    base, args = _race_setup(ws, tmp_path, force)
+    before = _tree(base)
+    server = fork_server
+    assert server.wait(server.start(args, tmp_path, tmp_path / "a.log")) == 0
+    first = _tree(tmp_path / "out")
+    code = server.wait(server.start(args, tmp_path, tmp_path / "b.log"))
+    if force:
+        assert code == 0, (tmp_path / "b.log").read_text()[-2000:]
+        assert _tree(tmp_path / "out").keys() == first.keys()
+    else:
+        assert code == 2
+        assert _last_line(tmp_path / "b.log") == (
+            f"error: {tmp_path / 'out'}: output exists; pass --force to replace it")
+        assert _tree(tmp_path / "out") == first
+    _assert_clean_output(tmp_path, base, before)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from headsurgeon.core import plugins
@@ -60,3 +61,26 @@ def load(path: Path):
 
 def state_copy(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.state_dict().items()}
+
+
+def tiny_recipe(tmp_path: Path, model_dir: Path, model_keys: str = "", **kw):
+    """A loaded recipe that trains ``model_dir`` on 24 small questions into
+    ``tmp_path/run``; ``model_keys`` adds keys to its model mapping (``dtype: float32``)."""
+    data = write_questions(tmp_path / "train.jsonl", 24)
+    path = tmp_path / "r.yaml"
+    text = recipe_text(model_dir, data, out_dir=tmp_path / "run", **kw)
+    if model_keys:
+        text = text.replace(f"model: {{source: {model_dir}}}",
+                            f"model: {{source: {model_dir}, {model_keys}}}")
+    path.write_text(text)
+    return load(path)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Import into a test module to run it on one torch thread (tiny models: threads
+    only add contention on shared cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

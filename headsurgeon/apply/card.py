@@ -55,6 +55,43 @@ def _metrics_table(metrics: dict) -> list[str]:
     return ["| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in flat]
 
 
+def locator_of(recipe_text: str | None, meta: dict | None = None) -> str | None:
+    """How the edited heads were chosen: the delta's own record when it has one, else the
+    recipe's ``heads`` / ``locate`` settings (defaults filled in by the recipe schema)."""
+    rec = (meta or {}).get("locator")
+    if isinstance(rec, dict) and rec.get("name"):
+        return _locator_words(rec.get("name"), rec.get("screen"), rec.get("confirmed"))
+    if not recipe_text:
+        return None
+    try:
+        data = yaml.safe_load(recipe_text) or {}
+        heads = data.get("heads")
+        if isinstance(heads, list):
+            return "heads listed in the recipe (no locator ran)"
+        if isinstance(heads, dict) and heads.get("from"):
+            return f"heads from `{heads['from']}` (see its `method`)"
+        from headsurgeon.core.sections import LocateSection
+
+        sec = LocateSection.model_validate(data.get("locate") or {})
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError):
+        # a card must render even from a recipe this version cannot read
+        return None
+    screen = sec.method.params.get("screen", "attribution" if sec.method.name == "path_patching"
+                                   else None)
+    if sec.method.name == "attribution":
+        screen = "attribution"
+    confirm = ("3 x K" if sec.confirm_top == "auto" else sec.confirm_top) if screen else None
+    return _locator_words(sec.method.name, None if screen == "none" else screen, confirm)
+
+
+def _locator_words(name, screen, confirmed) -> str:
+    if not screen:
+        return f"`{name}`, every head scored exactly"
+    if not confirmed:
+        return f"`{name}`: {screen} scores only, no exact confirmation"
+    return f"`{name}`: {screen} screen of every head, top {confirmed} confirmed exactly"
+
+
 def render_model_card(meta: dict, recipe_text: str | None, metrics: dict | None,
                       heads: list[dict]) -> str:
     """Markdown with YAML front matter. ``meta`` is the delta metadata (decoded),
@@ -75,6 +112,7 @@ def render_model_card(meta: dict, recipe_text: str | None, metrics: dict | None,
              "## Edit", "",
              f"- base model: `{base}`",
              f"- objective: `{meta.get('objective') or '-'}`",
+             f"- locator: {locator_of(recipe_text, meta) or '-'}",
              f"- kv policy: `{meta.get('kv_policy') or '-'}`",
              f"- steps: {meta.get('steps', '-')}",
              f"- seed: {meta.get('seed', '-')}",

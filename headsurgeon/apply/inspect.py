@@ -83,7 +83,11 @@ def _declared(out: Path, hm) -> tuple[dict[str, list[tuple[int, int, int]]], str
     """{param: [(axis, start, stop)]} the differences are allowed to lie in."""
     mpath = out / "headsurgeon.json"
     if mpath.is_file():
-        man = json.loads(mpath.read_text("utf-8"))
+        try:
+            man = json.loads(mpath.read_text("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise CheckpointError(f"invalid JSON ({str(exc).splitlines()[0][:120]})",
+                                  file=str(mpath)) from None
         decl: dict = {}
         for s in man.get("delta", {}).get("slices", []):
             decl.setdefault(s["param"], []).append((s["axis"], s["start"], s["stop"]))

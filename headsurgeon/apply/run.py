@@ -320,7 +320,7 @@ def load_manifest(out: str | os.PathLike) -> dict:
         obj = json.loads(path.read_text("utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"no {MANIFEST}: not a headsurgeon output", file=str(out)) from None
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CheckpointError(f"invalid JSON ({exc})", file=str(path)) from None
     if not isinstance(obj, dict) or obj.get("format") != OUTPUT_FORMAT:
         raise CheckpointError(f"format is not {OUTPUT_FORMAT}", file=str(path), field="format")
@@ -339,6 +339,9 @@ def apply_recipe(recipe: Optional[Recipe] = None, *, base=None, delta=None, out=
 
     text = None
     if recipe is not None:
+        from headsurgeon.model.heads_file import check_heads_file
+
+        check_heads_file(recipe)  # a heads.json of another model: refused before any work
         base = base or recipe.model.source
         delta = delta or recipe.run_dir() / "delta.safetensors"
         out = out or (recipe.apply.output and recipe.run_dir() / recipe.apply.output) \

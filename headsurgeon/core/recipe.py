@@ -18,10 +18,11 @@ from pydantic import Field, field_validator
 from headsurgeon.core import plugins
 from headsurgeon.core.errors import ValidationError
 from headsurgeon.core.yamlfile import Lines, load_yaml, load_yaml_text
+from headsurgeon.core.eval_sections import (  # noqa: F401 - re-exported
+    BaselineSpec, EvalSection, SweepPoint, SweepSection)
 from headsurgeon.core.sections import (  # noqa: F401 - re-exported: the schema's home
-    ApplySection, DataSection, Dtype, EvalSection, HeadsFrom, LocateSection, ModelSection,
-    NdifSection, PluginRef, SEED_MAX, Strict, SweepPoint, SweepSection, Templates,
-    TrainSection, parse_size)
+    ApplySection, DataSection, Dtype, HeadsFrom, LocateSection, ModelSection, NdifSection,
+    PluginRef, SEED_MAX, Strict, Templates, TrainSection, parse_size)
 
 
 class Recipe(Strict):
@@ -188,7 +189,17 @@ def recipe_from_data(data: Any, *, file: str = "<recipe>", lines: Lines | None =
             for i, ref in refs:
                 _validate_plugin_ref(ref, kind, fpath + ((i,) if i is not None else ()), recipe)
     _validate_sweep_points(recipe, check_plugins)
+    if check_plugins:
+        _validate_baselines(recipe)
     return recipe
+
+
+def _validate_baselines(recipe: Recipe) -> None:
+    """Each baseline's objective parameters, at the baseline's own line."""
+    for i, spec in enumerate(recipe.eval.baselines):
+        _, ref = spec.runs()[0]
+        _validate_plugin_ref(PluginRef.model_validate(ref), "objectives",
+                             ("eval", "baselines", i), recipe)
 
 
 def _validate_sweep_points(recipe: Recipe, check_plugins: bool) -> None:
@@ -242,7 +253,7 @@ def summary(recipe: Recipe) -> dict:
                   "dtype": recipe.train.dtype},
         "apply": recipe.apply.model_dump(exclude_none=True),
         "eval": {"judge": ref(recipe.eval.judge), "modes": recipe.eval.modes,
-                 "baselines": recipe.eval.baselines},
+                 "baselines": [run for run, _, _ in recipe.eval.baseline_runs()]},
         "run_dir": str(recipe.run_dir()),
         "sha256": recipe.sha256[:16],
     }

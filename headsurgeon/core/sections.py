@@ -4,10 +4,13 @@
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from headsurgeon.core.knowledge import SelfKnowledge, TrainKnowledge
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 SEED_MAX = 2**32 - 1  # what every RNG we seed (torch, random, numpy) accepts
@@ -55,8 +58,27 @@ class PluginRef(BaseModel):
 
 
 class ModelSection(Strict):
-    source: str = Field(min_length=1, description="alias, HF directory, .gguf file or cached hub id")
-    dtype: Dtype = Field("float32", description="dtype the model is loaded in (every stage)")
+    source: str = Field(min_length=1, description="alias, HF dir, .gguf, cached hub id or tiny:ARCH")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description=(
+        "dtype the weights are loaded in, every stage (auto: bfloat16 on a GPU, float32 on "
+        "the CPU); scores and losses are float32 regardless"))
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description=(
+        "where every stage runs: auto (the GPU when there is one, else the CPU), cpu, cuda, "
+        "cuda:N or mps; the CLI's --device overrides it"))
+    max_memory: Optional[dict[Union[int, str], Union[int, str]]] = Field(None, description=(
+        "per-device memory caps, e.g. {'cuda:0': 20GB, cpu: 60GB}: the model is split "
+        "over them by accelerate's device map (default: split only when it does not fit)"))
+    _device_from_cli: bool = PrivateAttr(False)  # errors then name --device, not the recipe
+
+    @field_validator("max_memory")
+    @classmethod
+    def _sizes(cls, v):
+        if v is None:
+            return v
+        for key in v:
+            if not re.match(r"^(cpu|disk|mps|\d+|cuda(:\d+)?)$", str(key)):
+                raise ValueError(f"{key!r} is not a device (cpu, disk, mps, cuda:N)")
+        return {str(k): parse_size(size) for k, size in v.items()}
     remote_id: Optional[str] = Field(None, description="Hub repo id used on NDIF (remote locate)")
     allow_pickle: bool = Field(False, description=(
         "accept a pickle-only checkpoint (.bin/.pt), loaded with weights_only unpickling "
@@ -159,8 +181,10 @@ class NdifSection(Strict):
 
 
 class LocateSection(Strict):
-    method: PluginRef = Field(default_factory=lambda: PluginRef(name="attribution"),
-                              description="the locator plugin that scores every head")
+    method: PluginRef = Field(default_factory=lambda: PluginRef(name="path_patching"),
+                              description=(
+        "the locator plugin that scores every head (default: the paper's path patching to "
+        "the final residual stream, screened by attribution, shortlist confirmed exactly)"))
     metric: PluginRef = Field(default_factory=lambda: PluginRef(name="letter_gap"),
                               description="the metric plugin the scores are measured on")
     positions: int = Field(1, ge=1, le=64, description=(
@@ -168,14 +192,22 @@ class LocateSection(Strict):
     n_probes: int = Field(64, ge=1, le=100_000, description="probe questions used (at most)")
     batch_size: int = Field(8, ge=1, le=4096, description="probes per forward pass")
     top_k: Union[Literal["auto"], int] = Field("auto", description=(
-        "heads to select; auto: the smallest k whose knockout reaches effect_share"))
+        "heads to select; auto: the smallest k whose knockout is significantly above random "
+        "k-sets and whose smoothed effect reaches effect_share (else 3% of the heads, with "
+        "a warning)"))
     effect_share: float = Field(0.8, gt=0, le=1, description=(
-        "top_k: auto keeps the smallest k reaching this share of the largest knockout "
-        "effect"))
+        "top_k: auto keeps the smallest significant k reaching this share of the largest "
+        "smoothed knockout effect (vs random k-sets)"))
     k_max: int = Field(24, ge=1, description="the knockout curve runs k = 1..k_max")
     knockout_random_sets: int = Field(5, ge=0, le=1000, description=(
         "seeded random k-sets knocked out as a control"))
-    confirm_top: int = Field(0, ge=0, description="exact-patch this many top attribution heads")
+    confirm_top: Union[Literal["auto"], int] = Field("auto", description=(
+        "exact-patch this many top heads of the attribution screen; auto: 3 x K (top_k, "
+        "else k_max); 0: none (the screen's scores rank every head)"))
+    knockout_ablation: Literal["counterfactual", "counterfactual_mean", "mean"] = Field(
+        "counterfactual", description=(
+            "what knocked-out heads output: each probe's own counterfactual output, the "
+            "counterfactual runs' mean, or the challenged runs' mean (keeps the apology)"))
     counterfactual: str = Field("counterfactual", min_length=1, description=(
         "follow-up of the counterfactual probes: counterfactual | neutral | a literal sentence"))
     backend: Literal["torch", "nnsight"] = Field(
@@ -184,12 +216,21 @@ class LocateSection(Strict):
     ndif: NdifSection = Field(default_factory=NdifSection, description="remote settings")
     seed: int = Field(0, ge=0, le=SEED_MAX, description=(
         "seed of locate (the random knockout sets)"))
+    self_knowledge: SelfKnowledge = Field(default_factory=SelfKnowledge, description=(
+        "the self-knowledge probe written into heads.json (off unless n_items > 0)"))
 
     @field_validator("top_k")
     @classmethod
     def _positive(cls, v):
         if isinstance(v, int) and v < 1:
             raise ValueError("must be >= 1 or 'auto'")
+        return v
+
+    @field_validator("confirm_top")
+    @classmethod
+    def _non_negative(cls, v):
+        if isinstance(v, int) and v < 0:
+            raise ValueError("must be >= 0 or 'auto'")
         return v
 
 
@@ -227,6 +268,8 @@ class TrainSection(Strict):
         "train on all questions, or only on those the model answers correctly unprompted"))
     reply_style: Literal["mixed", "answer_first", "verdict_first"] = Field("mixed", description=(
         "target replies restate the answer before or after keeping/admitting, or both"))
+    knowledge: Optional[TrainKnowledge] = Field(None, description=(
+        "knowledge-aware data from the base's beliefs (default: the paper's data)"))
 
     @field_validator("betas")
     @classmethod
@@ -258,61 +301,3 @@ class ApplySection(Strict):
     def _size(cls, v):
         parse_size(v)
         return v
-
-
-class EvalSection(Strict):
-    judge: PluginRef = Field(default_factory=lambda: PluginRef(name="regex"), description=(
-        "the judge plugin: does a reply admit a mistake?"))
-    modes: list[Literal["own", "correct", "wrong"]] = Field(
-        ["own", "correct", "wrong"], description=(
-            "first answers: the model's own, the correct one prefilled, a wrong one "
-            "prefilled"))
-    n_items: int = Field(100, ge=1, description="data.eval items used (at most)")
-    max_new_tokens: int = Field(40, ge=1, le=4096, description=(
-        "tokens generated for the reply to the challenge"))
-    baselines: list[Literal["full_sft", "lora", "random_heads"]] = Field(
-        default_factory=list, description="baselines `run` trains and evaluates beside SPT")
-    baseline_lr: dict[Literal["full_sft", "lora", "random_heads"],
-                      Annotated[float, Field(gt=0, le=1)]] = Field(
-        default_factory=dict, description=(
-            "learning rate of a baseline (default: train.lr). A rate tuned for a few head "
-            "slices wrecks a model when every weight moves; give full SFT its own"))
-    kl_passages: int = Field(64, ge=0, description="neutral passages for KL (0: no KL)")
-    batch_size: int = Field(16, ge=1, description="sequences per forward / generate call")
-    extract: list[Literal["letter", "choice_text", "generate"]] = Field(
-        default_factory=lambda: ["letter"], min_length=1,
-        description="final-answer extraction; the first is the headline, the others are "
-                    "reported beside it (generate: with its no-match rate; costs time)")
-    n_general: int = Field(100, ge=0, description="items per data.general set")
-
-
-class SweepPoint(BaseModel):
-    """One point of the trade-off sweep: overrides of ``train`` fields, plus ``top_k``
-    (train on the first k heads of the selection)."""
-
-    model_config = ConfigDict(extra="allow")
-    name: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._=-]*$",
-                                description="label (default: built from the overrides)")
-    top_k: Optional[int] = Field(None, ge=1, description=(
-        "train on the first top_k selected heads (default: all)"))
-
-    @property
-    def train_overrides(self) -> dict:
-        return dict(self.model_extra or {})
-
-    def label(self) -> str:
-        if self.name:
-            return self.name
-        parts = [f"{k}={v if not isinstance(v, dict) else v.get('name')}"
-                 for k, v in sorted(self.train_overrides.items())]
-        if self.top_k:
-            parts.append(f"k={self.top_k}")
-        return ",".join(parts) or "default"
-
-
-class SweepSection(Strict):
-    points: list[SweepPoint] = Field(default_factory=list, description=(
-        "the points to train and compare (empty: no sweep)"))
-    n_items: int = Field(60, ge=4, description="data.eval items each point is measured on")
-    max_correction_drop: float = Field(0.05, ge=0, le=1, description=(
-        "a point may lose at most this much Correction (known items) against the base"))

@@ -51,4 +51,4 @@ def expand_path(path: str):
 
     os.environ.setdefault("HEADSURGEON_SHARED_DATA",
                           str(Path(__file__).resolve().parents[3] / "shared" / "data"))
-    return Path(safe_expand(path))
+    return Path(safe_expand(path, field="path"))  # a data source's path parameter

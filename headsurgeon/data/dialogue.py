@@ -3,6 +3,8 @@ final-answer turn. Locate, train and eval all build their inputs here.
 """
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -101,14 +103,97 @@ def tokenize_dialogue(tokenizer, messages: Sequence[dict], loss_turns: Sequence[
     return ids, labels
 
 
-def single_token_id(tokenizer, text: str, field: str) -> int:
-    """The id of ``text`` as the first token of a reply; it must be exactly one token."""
-    ids = encode(tokenizer, text)
-    if len(ids) != 1:
-        raise ValidationError(f"{text!r} is {len(ids)} tokens for this tokenizer, not one",
-                              field=field)
-    return ids[0]
+# -- answer tokens, read in context ------------------------------------------------------------
+# A letter is not a token by itself: SentencePiece tokenizers (Llama-2, Mistral) encode "A"
+# alone as "▁A", while after "The answer is (" the model's next token is "A". So every
+# answer token is derived from the text the model really sees.
+
+_CACHE_SIZE = 4096
+_answer_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_REPLY_MARK = "\x1fheadsurgeon-reply\x1f"
+
+
+def tokenizer_name(tokenizer) -> str:
+    return getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+
+
+def continuation_ids(tokenizer, prefix: str, text: str, *, field: str = "choices"
+                     ) -> list[int]:
+    """The tokens ``prefix + text`` adds after ``prefix``'s own tokens; a ValidationError
+    when ``text`` merges with the end of ``prefix`` (then it has no tokens of its own)."""
+    head = encode(tokenizer, prefix)
+    full = encode(tokenizer, prefix + text)
+    if full[:len(head)] != head:
+        raise ValidationError(
+            f"{text!r} merges with the preceding {prefix[-20:]!r} for tokenizer "
+            f"{tokenizer_name(tokenizer)}, so it is not a token of its own there", field=field)
+    return full[len(head):]
+
+
+def _cache_for(tokenizer) -> "OrderedDict | None":
+    try:
+        return _answer_cache.setdefault(tokenizer, OrderedDict())
+    except TypeError:  # not weak-referenceable: no cache
+        return None
+
+
+def answer_token_ids(tokenizer, prefix: str, options: Sequence[str], *,
+                     field: str = "choices") -> list[int]:
+    """Per option (a letter, or an answer word), the ONE token a model emits next to write
+    it right after ``prefix``, the text it has seen (e.g. the rendered chat template up to
+    and including "The answer is ("). ValidationError, naming the tokenizer and option,
+    when an option is several tokens there or two options share a token. Cached per
+    (tokenizer, prefix, options)."""
+    cache, key = _cache_for(tokenizer), (prefix, tuple(options))
+    if cache is not None and key in cache:
+        cache.move_to_end(key)
+        return list(cache[key])
+    ids = []
+    for opt in options:
+        got = continuation_ids(tokenizer, prefix, opt, field=field)
+        if len(got) != 1:
+            raise ValidationError(
+                f"{opt!r} is {len(got)} tokens after {prefix[-20:]!r} for tokenizer "
+                f"{tokenizer_name(tokenizer)}, not one", field=field)
+        if got[0] in ids:
+            raise ValidationError(
+                f"{options[ids.index(got[0])]!r} and {opt!r} are the same token after "
+                f"{prefix[-20:]!r} for tokenizer {tokenizer_name(tokenizer)}", field=field)
+        ids.append(got[0])
+    if cache is not None:
+        cache[key] = tuple(ids)
+        if len(cache) > _CACHE_SIZE:
+            cache.popitem(last=False)
+    return ids
+
+
+def reply_lead(tokenizer, messages: Sequence[dict]) -> str:
+    """What the chat template writes between the generation prompt and the assistant's
+    content when it is only whitespace (Llama-2 renders "[/INST] " + content), else ""."""
+    prompt = render(tokenizer, messages)
+    try:
+        full = tokenizer.apply_chat_template(
+            list(messages) + [{"role": "assistant", "content": _REPLY_MARK}], tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that refuses the turn: no lead
+        return ""
+    at = full.find(_REPLY_MARK)
+    lead = full[len(prompt):at] if at >= 0 and full.startswith(prompt) else ""
+    return lead if not lead.strip() else ""
+
+
+def reply_opening_ids(tokenizer, messages: Sequence[dict], words: Sequence[str], *,
+                      field: str) -> list[int]:
+    """The one token each of ``words`` opens the model's reply with, after ``messages``."""
+    lead = reply_lead(tokenizer, messages)
+    return answer_token_ids(tokenizer, render(tokenizer, messages), [lead + w for w in words],
+                            field=field)
 
 
 def letter_token_ids(tokenizer, letters: str) -> list[int]:
-    return [single_token_id(tokenizer, l, "choices") for l in letters]
+    """DEPRECATED context-free form (each letter encoded alone): wrong on SentencePiece
+    tokenizers; use :func:`answer_token_ids` with the text the model has seen."""
+    ids = [encode(tokenizer, l) for l in letters]
+    bad = next((l for l, i in zip(letters, ids) if len(i) != 1), None)
+    if bad is not None:
+        raise ValidationError(f"{bad!r} is not one token for this tokenizer", field="choices")
+    return [i[0] for i in ids]

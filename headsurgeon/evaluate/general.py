@@ -14,8 +14,8 @@ from typing import Optional, Sequence
 from headsurgeon.data import answers
 from headsurgeon.data.datasets import load_source
 from headsurgeon.model.generation import generate, next_token_logprobs, token_kl
-from headsurgeon.data.dialogue import dialogue, letter_token_ids, render
-from headsurgeon.data.questions import LETTERS, Question, shuffled
+from headsurgeon.data.dialogue import answer_token_ids, dialogue, render
+from headsurgeon.data.questions import Question, shuffled
 from headsurgeon.core.recipe import Recipe, Templates
 
 KL_MAX_TOKENS = 256
@@ -44,31 +44,25 @@ def load_general_sets(recipe: Recipe) -> dict[str, list[Question]]:
 
 
 def neutral_passages(recipe: Recipe, fallback: Sequence[Question] = ()) -> tuple[list[str], str]:
-    """Texts for KL: ``data.neutral_text`` (each item's ``text`` extra, else its question);
-    without it, the eval questions (said so in the metrics)."""
-    n = recipe.eval.kl_passages
-    if n == 0:
-        return [], "none"
-    if recipe.data.neutral_text:
-        texts, names = [], []
-        for ref in recipe.data.neutral_text:
-            names.append(ref.name)
-            texts += [q.extras.get("text") or q.question
-                      for q in shuffled(load_source(ref), recipe.data.seed)]
-        return texts[:n], "data.neutral_text"
-    return [q.question for q in fallback][:n], "data.eval questions (no data.neutral_text)"
+    """Texts for KL (see :func:`headsurgeon.data.neutral.kl_passages`)."""
+    from headsurgeon.data.neutral import kl_passages
+
+    return kl_passages(recipe, fallback)
 
 
 def mc_accuracy(model, tokenizer, items: Sequence[Question], t: Templates, *,
                 batch_size: int, desc: str = "general (mc)", progress: bool = True) -> dict:
-    width = max(len(q.choices) for q in items)
-    ids = letter_token_ids(tokenizer, LETTERS[:width])
     prefix = t.first_answer.split("{letter}", 1)[0]
     prompts = [render(tokenizer, dialogue(q, t, "", followup=None)[:-1], prefix) for q in items]
+    # each item's letters as the next token after its own prompt
+    per_item = [answer_token_ids(tokenizer, p, q.letters, field="templates.first_answer")
+                for p, q in zip(prompts, items)]
+    ids = sorted({i for row in per_item for i in row})
+    col = {tok_id: j for j, tok_id in enumerate(ids)}
     lp = next_token_logprobs(model, tokenizer, prompts, ids, batch_size=batch_size, desc=desc,
                              progress=progress)
-    hits = [LETTERS[int(lp[i, :len(q.choices)].argmax())] == q.answer
-            for i, q in enumerate(items)]
+    hits = [q.letters[int(lp[i, [col[x] for x in row]].argmax())] == q.answer
+            for i, (q, row) in enumerate(zip(items, per_item))]
     return {"kind": "mc", "extraction": "letter", "n": len(items),
             "accuracy": round(sum(hits) / len(hits), 6)}
 

@@ -18,7 +18,8 @@ import torch
 
 from headsurgeon.core import plugins
 from headsurgeon.core.atomic import atomic_write_json
-from headsurgeon.evaluate.challenge import as_dict, examples, is_correct_first, mode_report, run_protocol
+from headsurgeon.evaluate.challenge import (as_dict, examples, is_correct_first, mode_report,
+                                            run_protocol, selectivity)
 from headsurgeon.data.datasets import load_stage
 from headsurgeon.core.errors import ValidationError
 from headsurgeon.evaluate.general import general_ability, kl_divergence, load_general_sets, neutral_passages
@@ -52,7 +53,7 @@ def make_judge(recipe: Recipe):
 def evaluate_model(model, tokenizer, recipe: Recipe, items: Sequence[Question], *,
                    general: Optional[dict] = None, judge=None,
                    base_known: Optional[set] = None, progress: bool = True,
-                   keep_items: bool = False) -> dict:
+                   keep_items: bool = False, known_items: Optional[set] = None) -> dict:
     """Metrics of one in-memory model: ``sycophancy`` (per mode: all / known / base_known
     items), ``general`` (per set) and ``timings``; ``keep_items`` adds every item record."""
     ev, t = recipe.eval, recipe.templates
@@ -78,6 +79,9 @@ def evaluate_model(model, tokenizer, recipe: Recipe, items: Sequence[Question], 
         if mode == "own":
             syc["accuracy_after"] = round(sum(r.final_correct for r in res) / len(res), 6)
     syc["honesty"] = _honesty(syc["modes"])
+    sel_known = known_items if known_items is not None else (
+        base_known if base_known is not None else known)  # the base's known items
+    syc["selectivity"] = selectivity(records, sel_known, recipe.eval.known.by)
     out = {"sycophancy": syc, "known_ids": sorted(known)}
     if keep_items:
         out["items"] = {m: [as_dict(r) for r in res] for m, res in records.items()}
@@ -147,8 +151,11 @@ def _resolve(recipe: Recipe, source: str, field: str):
 def _load(recipe: Recipe, source: str, field: str):
     from headsurgeon.model.sources import load_model
 
+    from headsurgeon.model.placement import recipe_placement
+
     resolved = _resolve(recipe, source, field)
-    return load_model(resolved, dtype=recipe.model.dtype, attn_implementation=None)
+    return load_model(resolved, attn_implementation=None,
+                      placement=recipe_placement(recipe, resolved.path))
 
 
 def _config(recipe: Recipe, items, general) -> dict:
@@ -158,7 +165,22 @@ def _config(recipe: Recipe, items, general) -> dict:
             "extract": list(ev.extract), "max_new_tokens": ev.max_new_tokens,
             "templates": recipe.templates.model_dump(),
             "general": {k: data_hash(v) for k, v in (general or {}).items()},
-            "kl_passages": ev.kl_passages, "seed": recipe.data.seed}
+            "kl_passages": ev.kl_passages, "seed": recipe.data.seed,
+            "known": ev.known.model_dump()}
+
+
+def belief_known(recipe: Recipe, model, tokenizer, items) -> tuple[Optional[set], dict]:
+    """``eval.known`` read from the BASE model's unprompted beliefs: (known ids, summary);
+    (None, {}) for ``first_answer`` (the base's own generated first answers decide)."""
+    k = recipe.eval.known
+    if k.by == "first_answer":
+        return None, {}
+    from headsurgeon.model.beliefs import base_beliefs, known_ids, summary
+
+    readings = ("letter",) if k.by == "letter" else ("letter", "choice_text")
+    beliefs = base_beliefs(model, tokenizer, items, recipe.templates, readings=readings,
+                           batch_size=recipe.eval.batch_size)
+    return known_ids(beliefs, k.by, k.margin), summary(beliefs, k.by, k.margin)
 
 
 def evaluate(recipe: Recipe, *, models: Optional[Sequence[str]] = None,
@@ -171,6 +193,9 @@ def evaluate(recipe: Recipe, *, models: Optional[Sequence[str]] = None,
     items = load_eval_items(recipe)
     general = load_general_sets(recipe)
     passages, passage_source = neutral_passages(recipe, items)
+    from headsurgeon.data.neutral import regulariser_passages
+
+    kl_split = regulariser_passages(recipe, items)[1]  # sft_kl never trains on these
     judge = make_judge(recipe)
     sources = model_sources(recipe, models)
     for name, src in sources:  # fail before any work when a model cannot be found
@@ -188,8 +213,10 @@ def evaluate(recipe: Recipe, *, models: Optional[Sequence[str]] = None,
     base = base_tok = None
     base_known = None
     need_base = any(src != recipe.model.source for _, src in sources) and passages
-    if need_base or any(src == recipe.model.source for _, src in sources):
+    by_belief = recipe.eval.known.by != "first_answer"
+    if need_base or by_belief or any(src == recipe.model.source for _, src in sources):
         base, base_tok, _ = _load(recipe, recipe.model.source, "model.source")
+    known_items, beliefs = belief_known(recipe, base, base_tok, items) if by_belief else (None, {})
     if sources and sources[0][1] != recipe.model.source and "base" in results:
         base_known = set(results["base"].get("known_ids", []))
     for k, (name, src) in enumerate(sources):
@@ -201,14 +228,18 @@ def evaluate(recipe: Recipe, *, models: Optional[Sequence[str]] = None,
             model, tok, resolved = _load(recipe, src, "models" if models else "eval")
         t0 = time.perf_counter()
         res = evaluate_model(model, tok, recipe, items, general=general, judge=judge,
-                             base_known=None if is_base else base_known, progress=progress)
+                             base_known=None if is_base else base_known, progress=progress,
+                             known_items=known_items)
+        if beliefs:
+            res["sycophancy"]["selectivity"]["beliefs"] = beliefs
         if is_base:
             base_known = set(res["known_ids"])
         if not is_base and base is not None and passages:
             t1 = time.perf_counter()
             res["kl"] = {"mean": kl_divergence(base, model, tok, passages,
                                                progress=progress),
-                         "n_passages": len(passages), "source": passage_source}
+                         "n_passages": len(passages), "source": passage_source,
+                         "passages_sha256": kl_split["eval_kl_sha256"]}
             res["timings"]["kl_s"] = round(time.perf_counter() - t1, 2)
         res["timings"]["total_s"] = round(time.perf_counter() - t0, 2)
         res["source"] = src
@@ -218,7 +249,8 @@ def evaluate(recipe: Recipe, *, models: Optional[Sequence[str]] = None,
             gc.collect()
         print(f"[eval] {name}: {_headline(res)}", file=sys.stderr)
     doc = {"format": METRICS_FORMAT, "recipe_sha256": recipe.sha256, "config": config,
-           "models": results, "wall_s": round(time.perf_counter() - t_all, 2)}
+           "models": results, "kl_split": kl_split,
+           "wall_s": round(time.perf_counter() - t_all, 2)}
     atomic_write_json(path, doc)
     return path
 

@@ -106,3 +106,37 @@ def spearman(a, b) -> float:
     ra, rb = ranks(a), ranks(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()
     return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+
+
+def attribution_scores(job: LocateJob, *, path: bool, desc: str) -> torch.Tensor:
+    """[N, L, H] attribution estimates of every head's patching effect, per probe."""
+    p, parts = job.probes, []
+    with job.bar(desc, len(p)) as bar:
+        for a, z in p.batches(job.batch_size):
+            _, s = job.engine.attribution(p.ref[a:z], p.cf[a:z], p.metric.take(slice(a, z)),
+                                          job.positions, path=path)
+            parts.append(s)
+            bar.update(z - a)
+    return torch.cat(parts)
+
+
+def screened(job: LocateJob, screen: torch.Tensor, *, path: bool, screen_name: str,
+             exact_name: str) -> LocatorResult:
+    """Rank by the ``screen`` scores [L, H], exact-patch the top ``job.confirm_top`` and
+    rank those first by their exact scores. ``notes`` record the screen, how many heads
+    were confirmed and whether every head's score is exact."""
+    hm = job.hm
+    out = {screen_name: screen}
+    ranking = rank_heads(screen, hm)
+    n = min(job.confirm_top, hm.n_total_heads)
+    notes = {"screen": screen_name, "confirmed": n, "exact": n == hm.n_total_heads}
+    if not n:
+        return LocatorResult(out, ranking, screen_name, notes)
+    short = ranking[:n]
+    eff = exact_effects(job, short, path=path, desc="confirm")
+    exact = torch.full_like(screen, float("nan"))
+    for (l, h), v in zip(short, eff.mean(0)):
+        exact[l, h] = v
+    out[exact_name] = exact
+    confirmed = sorted(short, key=lambda h: (float(exact[h]), h))
+    return LocatorResult(out, rank_heads(screen, hm, first=confirmed), exact_name, notes)

@@ -1,10 +1,14 @@
 """Knockout: does removing the top-ranked heads remove the sycophancy, more than random heads?
 
-For k = 1..k_max the top-k heads are mean-ablated (their output at the last
-``locate.positions`` positions, and at every generated position, replaced by the mean
-over the probes' own activations at the same positions) and we measure the metric and
-the greedy apology rate; the same for ``knockout_random_sets`` seeded random k-sets as a
-control. Auto-K is the smallest k whose effect reaches ``effect_share`` of the largest.
+For k = 1..k_max the top-k heads are ablated toward the COUNTERFACTUAL runs: their
+output at the last ``locate.positions`` positions, and at every generated position, is
+replaced by (default ``counterfactual``) each probe's own counterfactual-run output
+there, or (``counterfactual_mean``) the mean over the probes of those outputs, which
+also erases what the head says about the particular question; ``mean`` is the
+challenged runs' own mean, which keeps what every challenged prompt shares, the apology. Measured per probe: the metric, the greedy next token at the metric probe
+(steadfast letter vs flip) and the greedy apology; the same for
+``knockout_random_sets`` seeded random k-sets as a control. Intervals, the comparison
+with random sets and auto-K: :mod:`headsurgeon.locate.knockout_stats`.
 """
 from __future__ import annotations
 
@@ -55,105 +59,177 @@ def knockout_sets(ranking, all_heads, k_max: int, n_random: int, seed: int):
     return top, rand
 
 
-def ablation_means(job: LocateJob, reply_head_out: Optional[torch.Tensor]):
-    """Mean head outputs (metric probes, reply probes) over the probes, per position."""
-    m = job.reference.head_out.mean(0)
-    r = m if reply_head_out is None else reply_head_out.mean(0)
-    return m, r
+ABLATIONS = {
+    "counterfactual_mean": "the mean over the probes of the COUNTERFACTUAL runs' head outputs "
+                           "at the same last {K} position(s)",
+    "counterfactual": "each probe's own counterfactual-run head outputs at the same last {K} "
+                      "position(s) (activation patching of the set)",
+    "mean": "the mean over the probes of the REFERENCE (challenged) runs' head outputs at the "
+            "same last {K} position(s); keeps what every challenged prompt shares",
+}
+
+
+def _outputs(job: LocateJob, seqs) -> torch.Tensor:
+    """[N, L, K, H*d] head outputs of ``seqs`` at their last K positions."""
+    p = job.probes
+    return torch.cat([job.engine.head_outputs(seqs[a:z], job.positions)
+                      for a, z in p.batches(job.batch_size)])
+
+
+def ablation_sources(job: LocateJob, ablation: str):
+    """(metric-probe source, reply-probe source): [1, L, K, H*d] means, or [N, L, K, H*d]
+    per-probe values (``counterfactual``)."""
+    p = job.probes
+    same_reply = p.reply is p.ref or all(a is b for a, b in zip(p.reply, p.ref))
+    if ablation == "mean":
+        m = job.reference.head_out
+        r = m if same_reply else _outputs(job, p.reply)
+        return m.mean(0, keepdim=True), r.mean(0, keepdim=True)
+    m = _outputs(job, p.cf)
+    r = m if same_reply else _outputs(job, p.reply_cf)
+    if ablation == "counterfactual":
+        return m, r
+    return m.mean(0, keepdim=True), r.mean(0, keepdim=True)
+
+
+def _greedy(job: LocateJob, seqs, n_new: int, masks, source, desc: str, stop=None):
+    """[N, R, n_new] greedy tokens with ``masks`` ablated toward ``source``."""
+    p, out = job.probes, []
+    with job.bar(desc, len(p)) as bar:
+        for a, z in p.batches(job.batch_size):
+            if source.shape[0] == 1:
+                out.append(job.engine.greedy(seqs[a:z], n_new, job.positions, masks,
+                                             source[0], progress=bar, stop=stop))
+                continue
+            for i in range(a, z):  # each probe its own source
+                out.append(job.engine.greedy(seqs[i:i + 1], n_new, job.positions, masks,
+                                             source[i], stop=stop))
+                bar.update(1)
+    return torch.cat(out)
+
+
+def _patched_metric(job: LocateJob, masks, source) -> torch.Tensor:
+    """[N, R] metric with ``masks`` ablated (``source`` [1|N, ...])."""
+    p, vals = job.probes, []
+    with job.bar("knockout", len(p)) as bar:
+        for a, z in p.batches(job.batch_size):
+            src = source if source.shape[0] == 1 else source[a:z]
+            vals.append(job.engine.patch(p.ref[a:z], p.metric.take(slice(a, z)), job.positions,
+                                         masks, source=src, progress=bar))
+    return torch.cat(vals)
+
+
+def steadfast_ids(metric) -> torch.Tensor:
+    """Per probe the metric's steadfast target: its most negatively weighted token (the
+    correct letter for letter_gap); -1 where no weight is negative."""
+    w = metric.weights
+    pick = metric.ids.gather(1, w.argmin(1, keepdim=True))[:, 0]
+    return torch.where(w.min(1).values < 0, pick, torch.full_like(pick, -1))
 
 
 def run_knockout(job: LocateJob, ranking, *, k_max: int, n_random: int, seed: int,
-                 tokenizer) -> dict:
-    hm, p, K = job.hm, job.probes, job.positions
+                 tokenizer, ablation: str = "counterfactual") -> dict:
+    """Knock out the top-k heads (k = 1..k_max) and ``n_random`` random k-sets; measure
+    the metric, the greedy steadfast letter and the greedy apology rate per probe."""
+    from headsurgeon.locate.knockout_stats import summarize
+
+    hm, p = job.hm, job.probes
     k_max = min(k_max, hm.n_total_heads)
     top, rand = knockout_sets(ranking, hm.all_heads(), k_max, n_random, seed)
-    sets = top + [s for per_k in rand for s in per_k]
-    masks = set_masks(hm, sets)
-    same_reply = p.reply is p.ref or all(a is b for a, b in zip(p.reply, p.ref))
-    reply_out = None
-    if not same_reply:
-        reply_out = torch.cat([job.engine.head_outputs(p.reply[a:z], K)
-                               for a, z in p.batches(job.batch_size)])
-    m_mean, r_mean = ablation_means(job, reply_out)
-
-    vals = []
-    with job.bar("knockout", len(p)) as bar:
-        for a, z in p.batches(job.batch_size):
-            vals.append(job.engine.patch(p.ref[a:z], p.metric.take(slice(a, z)), K, masks,
-                                         source=m_mean[None], progress=bar))
-    metric = torch.cat(vals).mean(0)  # [R]
-    base = float(job.reference.metric.mean())
-
+    masks = set_masks(hm, top + [s for per_k in rand for s in per_k])
+    m_src, r_src = ablation_sources(job, ablation)
+    metric = _patched_metric(job, masks, m_src)  # [N, R]
     gmasks = torch.cat([torch.zeros(1, hm.n_layers, hm.n_heads, dtype=torch.bool), masks])
+    target = steadfast_ids(p.metric)
+    first = _greedy(job, p.ref, 1, gmasks, m_src, "letter")[:, :, 0]
+    steadfast = (first == target[:, None]).float()  # [N, 1 + R]
 
     def stop(tokens):
         return decided(tokenizer.decode(tokens, skip_special_tokens=True))
 
-    toks = []
-    with job.bar("apology", len(p)) as bar:
-        for a, z in p.batches(job.batch_size):
-            toks.append(job.engine.greedy(p.reply[a:z], N_NEW_TOKENS, K, gmasks, r_mean,
-                                          progress=bar, stop=stop))
-    toks = torch.cat(toks)  # [N, 1 + R, n_new]
+    toks = _greedy(job, p.reply, N_NEW_TOKENS, gmasks, r_src, "apology", stop)
     texts = [_decoded(tokenizer, toks[i]) for i in range(toks.shape[0])]
     apology = torch.tensor([[float(is_apology(t)) for t in row] for row in texts])
-    rate = apology.mean(0)
+    per_probe_effect = job.reference.metric[:, None] - metric  # [N, R]
     n_top = len(top)
-    rand_metric = metric[n_top:].view(k_max, n_random) if n_random else None
-    rand_rate = rate[1 + n_top:].view(k_max, n_random) if n_random else None
-    effect = [base - float(v) for v in metric[:n_top]]
-    out = {
-        "ablation": "mean over the probes' own reference-run head outputs at the same last "
-                    f"{K} position(s); generated positions get the last position's mean",
-        "apology_openings": list(APOLOGY_OPENINGS),
-        "k": list(range(1, k_max + 1)),
-        "baseline": {"metric": base, "apology_rate": float(rate[0])},
-        "metric": [float(v) for v in metric[:n_top]],
-        "effect": effect,
-        "apology_rate": [float(v) for v in rate[1:1 + n_top]],
-        "random": None,
-        "examples": {"baseline": _decoded(tokenizer, toks[:3, 0]),
-                     f"top{k_max}": _decoded(tokenizer, toks[:3, n_top])},
-    }
+    rand_eff = per_probe_effect[:, n_top:].view(-1, k_max, n_random) if n_random else None
+    out = _curve(job, ablation, k_max, metric, per_probe_effect[:, :n_top], apology,
+                 steadfast, target)
+    out["ci"] = summarize(per_probe_effect[:, :n_top], rand_eff, seed)
+    out["examples"] = {"baseline": _decoded(tokenizer, toks[:3, 0]),
+                       f"top{k_max}": _decoded(tokenizer, toks[:3, n_top])}
     if n_random:
-        r_eff = [[base - float(v) for v in row] for row in rand_metric]
-        out["random"] = {
-            "sets": rand,
-            "metric": [[float(v) for v in row] for row in rand_metric],
-            "effect": r_eff,
-            "median_effect": [statistics.median(row) for row in r_eff],
-            "apology_rate": [[float(v) for v in row] for row in rand_rate],
-            "median_apology_rate": [statistics.median(float(v) for v in row)
-                                    for row in rand_rate],
-        }
+        out["random"] = _random_part(rand, metric[:, n_top:].mean(0), rand_eff,
+                                     apology[:, 1 + n_top:], steadfast[:, 1 + n_top:],
+                                     k_max, n_random, bool((target >= 0).any()))
+    return out
+
+
+def _rate(x: torch.Tensor, valid: Optional[torch.Tensor] = None):
+    """(rate, Wilson interval) of a 0/1 column over the (valid) probes."""
+    from headsurgeon.locate.knockout_stats import wilson
+
+    if valid is not None:
+        x = x[valid]
+    if not x.numel():
+        return None, None
+    return float(x.mean()), wilson(float(x.sum()), x.numel())
+
+
+def _curve(job, ablation, k_max, metric, top_eff, apology, steadfast, target) -> dict:
+    n_top, valid = top_eff.shape[1], target >= 0
+    has_letter = bool(valid.any())
+    apo = [_rate(apology[:, j]) for j in range(1 + n_top)]
+    std = [_rate(steadfast[:, j], valid) if has_letter else (None, None)
+           for j in range(1 + n_top)]
+    base = float(job.reference.metric.mean())
+    return {
+        "ablation": {"name": ablation,
+                     "source": ABLATIONS[ablation].format(K=job.positions),
+                     "generated_positions": "get the last prompt position's value"},
+        "apology_openings": list(APOLOGY_OPENINGS),
+        "steadfast": "greedy next token at the metric probe equals the metric's steadfast "
+                     "target (letter_gap: the correct letter; 1 - steadfast = letter flip)",
+        "k": list(range(1, k_max + 1)),
+        "n_probes": len(job.probes),
+        "baseline": {"metric": base, "apology_rate": apo[0][0], "apology_ci": apo[0][1],
+                     "steadfast_rate": std[0][0], "steadfast_ci": std[0][1]},
+        "metric": [float(v) for v in metric[:, :n_top].mean(0)],
+        "effect": [float(v) for v in top_eff.mean(0)],
+        "apology_rate": [r for r, _ in apo[1:]],
+        "apology_ci": [c for _, c in apo[1:]],
+        "steadfast_rate": [r for r, _ in std[1:]],
+        "steadfast_ci": [c for _, c in std[1:]],
+        "random": None,
+    }
+
+
+def _random_part(rand, rand_metric, rand_eff, apology, steadfast, k_max, n_random,
+                 has_letter: bool) -> dict:
+    """Per k: each random set's mean metric / effect / rates, their medians, and the
+    rates pooled over sets and probes with a Wilson interval."""
+    from headsurgeon.locate.knockout_stats import wilson
+
+    n = apology.shape[0]
+    apo = apology.mean(0).view(k_max, n_random)
+    std = steadfast.mean(0).view(k_max, n_random)
+    eff = rand_eff.mean(0)  # [k_max, n_random]
+    pooled = apology.view(n, k_max, n_random)
+    out = {
+        "sets": rand,
+        "metric": [[float(v) for v in row] for row in rand_metric.view(k_max, n_random)],
+        "effect": [[float(v) for v in row] for row in eff],
+        "median_effect": [statistics.median(float(v) for v in row) for row in eff],
+        "apology_rate": [[float(v) for v in row] for row in apo],
+        "median_apology_rate": [statistics.median(float(v) for v in row) for row in apo],
+        "pooled_apology_ci": [wilson(float(pooled[:, k].sum()), pooled[:, k].numel())
+                              for k in range(k_max)],
+    }
+    if has_letter:
+        out["median_steadfast_rate"] = [statistics.median(float(v) for v in row) for row in std]
     return out
 
 
 def _decoded(tokenizer, toks) -> list[str]:
     return [tokenizer.decode([i for i in t.tolist() if i >= 0], skip_special_tokens=True)
             for t in toks]
-
-
-def choose_k(effect: list[float], share: float, top_k, n_total: int) -> tuple[int, str]:
-    """(K, why): explicit ``top_k``, else the smallest k reaching ``share`` of the
-    largest knockout effect."""
-    if isinstance(top_k, int):
-        return top_k, f"locate.top_k = {top_k}"
-    best = max(effect) if effect else 0.0
-    if best <= 0:
-        k = min(len(effect), n_total) or 1
-        return k, (f"no top-k knockout reduced the metric (largest effect {best:.4g}); "
-                   f"fell back to k_max = {k}")
-    for k, e in enumerate(effect, 1):
-        if e >= share * best:
-            return k, (f"smallest k whose knockout effect ({e:.4g}) reaches {share:g} of the "
-                       f"largest ({best:.4g}, k = {effect.index(best) + 1})")
-    raise AssertionError("unreachable")
-
-
-def versus_random(ko: dict, k: int) -> Optional[float]:
-    """Effect of the top-k knockout / median effect of the random k-sets."""
-    if not ko.get("random") or k > len(ko["effect"]):
-        return None
-    med = ko["random"]["median_effect"][k - 1]
-    return ko["effect"][k - 1] / med if med > 0 else None

@@ -5,7 +5,8 @@ answer prefilled with the CORRECT letter -> user follow-up. The *reference* foll
 ``templates.challenge``; the *counterfactual* one is ``locate.counterfactual``
 (``counterfactual`` = ``templates.counterfactual``, ``neutral``, or a literal sentence).
 The metric plugin may prefill the assistant turn (letter_gap: ``final_prefix``). The
-*reply* probes (reference dialogue, no prefix) are what the apology rate is read from.
+*reply* probes (reference dialogue, no prefix) are what the apology rate is read from;
+``reply_cf`` are the same with the counterfactual follow-up (the knockout's source).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class ProbeSet:
     spans: list[tuple[int, int]]          # challenge tokens in each ``ref`` sequence
     metric: MetricBatch
     info: dict = field(default_factory=dict)
+    reply_cf: list = field(default_factory=list)  # ``reply`` with the counterfactual follow-up
 
     def __len__(self):
         return len(self.ref)
@@ -98,7 +100,7 @@ def build_probes(metric, tokenizer, templates, questions, engine, *, counterfact
     info = metric.prepare(ctx) or {}
     prefix = metric.prefix(templates)
     challenge = followup_text("challenge", templates)
-    ref, cf, reply, spans, ids, ws = [], [], [], [], [], []
+    ref, cf, reply, reply_cf, spans, ids, ws = [], [], [], [], [], [], []
     for q in questions:
         msgs = metric.messages(q, templates, "challenge", ctx)
         text = render(tokenizer, msgs, prefix)
@@ -109,12 +111,15 @@ def build_probes(metric, tokenizer, templates, questions, engine, *, counterfact
         if prefix or getattr(metric.params, "variant", "prefix") != "prefix":
             reply.append(encode(tokenizer, render(tokenizer, dialogue(
                 q, templates, q.answer, followup="challenge"))))
+            reply_cf.append(encode(tokenizer, render(tokenizer, dialogue(
+                q, templates, q.answer, followup=counterfactual))))
         else:
             reply.append(ref[-1])
+            reply_cf.append(cf[-1])
         i, w = metric.targets(q, ctx)
         ids.append(i)
         ws.append(w)
-    shortest = min(len(s) for s in ref + cf + reply)
+    shortest = min(len(s) for s in ref + cf + reply + reply_cf)
     if positions >= shortest:
         raise ValidationError(f"{positions} positions but the shortest probe has only "
                               f"{shortest} tokens", field="locate.positions")
@@ -125,5 +130,5 @@ def build_probes(metric, tokenizer, templates, questions, engine, *, counterfact
         mids[r, :len(i)] = torch.tensor(i)
         mw[r, :len(w)] = torch.tensor(w, dtype=torch.float32)
     return ProbeSet(list(questions), ref, cf, reply, spans,
-                    MetricBatch(mids, mw, metric.link), info)
+                    MetricBatch(mids, mw, metric.link), info, reply_cf)
 

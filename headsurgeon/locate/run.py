@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Optional
@@ -125,10 +126,11 @@ def _open_model(recipe: Recipe, remote: bool, out: Path, resume: bool, progress:
         engine.runner = runner
         return engine, lm.tokenizer, hm, {"id": recipe.model.remote_id, "weights_sha256": None,
                                           "backend": "nnsight-remote", **runner.describe()}
-    from headsurgeon.model.sources import load_model, weights_hash
+    from headsurgeon.model.placement import recipe_placement
+    from headsurgeon.model.sources import load_model, resolve_model, weights_hash
 
-    model, tok, rm = load_model(recipe.model.source, dtype=recipe.model.dtype,
-                                allow_pickle=recipe.model.allow_pickle)
+    rm = resolve_model(recipe.model.source, allow_pickle=recipe.model.allow_pickle)
+    model, tok, rm = load_model(rm, placement=recipe_placement(recipe, rm.path))
     hm = HeadMap.from_model(model)
     engine = make_engine(recipe.locate.backend, model, hm, tokenizer=tok)
     return engine, tok, hm, {"id": rm.model_id, "weights_sha256": weights_hash(rm.path),
@@ -137,13 +139,14 @@ def _open_model(recipe: Recipe, remote: bool, out: Path, resume: bool, progress:
 
 def locate(recipe: Recipe, out: Path, *, remote: Optional[bool] = None, resume: bool = False,
            progress: bool = True) -> Path:
-    """Score every head, rank, knock out, choose K; write ``out`` (heads.json) and its two
-    PNGs beside it. ``remote`` (default ``locate.remote``) runs the traces on NDIF; there
+    """Score every head, rank, knock out, choose K; write ``out`` (heads.json) and its
+    PNGs (heatmap, knockout, attention) beside it. ``remote`` (default ``locate.remote``) runs the traces on NDIF; there
     ``resume`` collects finished / submitted jobs instead of resubmitting them (a local
     run is deterministic and simply recomputes). Bad input raises ValidationError before
     anything is written."""
-    from headsurgeon.locate.knockout import choose_k
-    from headsurgeon.locate.plots import heatmap_png, knockout_png
+    from headsurgeon.locate.knockout_stats import choose_k
+    from headsurgeon.locate.plots import attention_png, heatmap_png, knockout_png
+    from headsurgeon.locate.self_knowledge import self_knowledge_doc
     from headsurgeon.model.heads_file import head_map
 
     out = Path(out)
@@ -162,19 +165,29 @@ def locate(recipe: Recipe, out: Path, *, remote: Optional[bool] = None, resume: 
                                                            locator, questions, progress)
     finally:
         engine.close()
-    K, why = choose_k(ko["effect"], sec.effect_share, sec.top_k, hm.n_total_heads)
+    K, why, warning = choose_k(ko, sec.effect_share, sec.top_k, hm.n_total_heads)
     selected = [list(h) for h in result.ranking[:K]]
     key = f"{sec.method.name}/{sec.metric.name}"
     if getattr(engine, "runner", None) is not None:  # job ids exist once the jobs ran
         model_info.update(engine.runner.describe())
     doc = _heads_doc(recipe, hm, model_info, questions, probes, reference, attn, result,
                      ko, metric, locator, selected, K, why)
+    doc["warnings"] = _warnings(warning, result, K)
+    doc["self_knowledge"] = self_knowledge_doc(recipe, engine, tok, progress=progress)
+    for w in doc["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
     title = f"{model_info['id']}: {key}, K={K}"
-    prim = result.scores[result.primary]
     files = {"heatmap": out.with_name(out.stem + "_heatmap.png"),
-             "knockout": out.with_name(out.stem + "_knockout.png")}
-    atomic_write_bytes(files["heatmap"], heatmap_png(prim, selected, title))
+             "knockout": out.with_name(out.stem + "_knockout.png"),
+             "attention": out.with_name(out.stem + "_attention.png")}
+    shown, label = _heatmap_scores(result)
+    atomic_write_bytes(files["heatmap"], heatmap_png(shown, selected, f"{title} ({label})"))
     atomic_write_bytes(files["knockout"], knockout_png(ko, K, title))
+    if doc["attention_to_challenge"]["available"]:
+        atomic_write_bytes(files["attention"], attention_png(doc["attention_to_challenge"],
+                                                             title))
+    else:
+        del files["attention"]
     doc["files"] = {k: p.name for k, p in files.items()}
     atomic_write_text(out, dumps(_jsonable(doc)) + "\n")
     runner = getattr(engine, "runner", None)
@@ -205,13 +218,13 @@ def _score_heads(recipe: Recipe, engine, tok, hm, metric, locator, questions, pr
     attn = None if any(r.attn is None for r in refs) else torch.cat([r.attn for r in refs])
     reference = RefRun(torch.cat([r.metric for r in refs]),
                        torch.cat([r.head_out for r in refs]), attn)
-    job = LocateJob(engine, probes, hm, sec.positions, sec.batch_size, reference,
-                    confirm_top=min(sec.confirm_top, hm.n_total_heads), progress=progress)
-    result = locator.score(job)
     k_max = min(max(sec.k_max, sec.top_k if isinstance(sec.top_k, int) else 0),
                 hm.n_total_heads)
+    job = LocateJob(engine, probes, hm, sec.positions, sec.batch_size, reference,
+                    confirm_top=shortlist(sec, hm.n_total_heads), progress=progress)
+    result = locator.score(job)
     ko = run_knockout(job, result.ranking, k_max=k_max, n_random=sec.knockout_random_sets,
-                      seed=sec.seed, tokenizer=tok)
+                      seed=sec.seed, tokenizer=tok, ablation=sec.knockout_ablation)
     return probes, reference, attn, result, ko
 
 
@@ -219,9 +232,15 @@ def _heads_doc(recipe: Recipe, hm, model_info, questions, probes, reference, att
                metric, locator, selected, K: int, why: str) -> dict:
     """The heads.json document (everything but the figure names)."""
     from headsurgeon.data.questions import data_hash
-    from headsurgeon.locate.knockout import versus_random
+    from headsurgeon.locate.attention import attention_summary
+    from headsurgeon.locate.knockout_stats import verdict, versus_random
 
     sec = recipe.locate
+    inside = K <= len(ko["effect"])
+    flag, warning = verdict(ko, K)
+    ko["distinguishable_from_random"] = flag
+    ko["warning"] = warning
+    vr = ko["ci"]["vs_random"]
     return {
         "format": HEADS_FORMAT,
         "selected": selected,
@@ -229,15 +248,20 @@ def _heads_doc(recipe: Recipe, hm, model_info, questions, probes, reference, att
         "k_reason": why,
         "knockout_vs_random": {
             "ratio": versus_random(ko, K),
-            "effect": ko["effect"][K - 1] if K <= len(ko["effect"]) else None,
+            "effect": ko["effect"][K - 1] if inside else None,
             "median_random_effect": (ko["random"]["median_effect"][K - 1]
-                                     if ko.get("random") and K <= len(ko["effect"]) else None),
+                                     if ko.get("random") and inside else None),
+            "paired_difference": vr["mean"][K - 1] if inside else None,
+            "ci": vr["ci"][K - 1] if inside else None,
+            "distinguishable": flag,
             "note": "ratio = effect / median random effect at K; null when that median is "
-                    "<= 0 or K is beyond k_max"},
+                    "<= 0 or K is beyond k_max; ci: 95% bootstrap interval of the paired "
+                    "(per probe) top-K minus random K-set effect"},
         "model": {**model_info, "n_layers": hm.n_layers, "n_heads": hm.n_heads,
                   "n_kv_heads": hm.n_kv_heads, "head_dim": hm.head_dim},
         "method": {"name": sec.method.name, "params": _params(locator), **result.notes,
-                   "primary_scores": f"{result.primary}/{sec.metric.name}"},
+                   "primary_scores": f"{result.primary}/{sec.metric.name}",
+                   "paper": _is_paper_method(sec.method.name, result.notes)},
         "metric": {"name": sec.metric.name, "params": _params(metric), "link": metric.link,
                    "direction": "higher = more sycophantic", **probes.info},
         "probes": {"n": len(probes), "positions": sec.positions,
@@ -250,7 +274,9 @@ def _heads_doc(recipe: Recipe, hm, model_info, questions, probes, reference, att
         "scores": {f"{name}/{sec.metric.name}": s for name, s in result.scores.items()},
         "ranking": [list(h) for h in result.ranking],
         "knockout": ko,
-        "attention_to_challenge": _attention(attn, selected, hm),
+        "attention_to_challenge": attention_summary(
+            attn, selected, hm, ko["random"]["sets"][K - 1] if ko.get("random") and inside
+            else None),
         "files": {},
         "provenance": {"seed": sec.seed, "data_seed": recipe.data.seed,
                        "recipe_sha256": recipe.sha256, "versions": _versions()},
@@ -271,18 +297,36 @@ def _params(plugin) -> dict:
     return p.model_dump() if p is not None else {}
 
 
-def _attention(attn, selected, hm) -> dict:
-    if attn is None:
-        return {"available": False,
-                "why": "the attention implementation returned no weights (use eager)"}
-    per_head = attn.mean(0)
-    sel = torch.zeros(hm.n_layers, hm.n_heads, dtype=torch.bool)
-    for l, h in selected:
-        sel[l, h] = True
-    other = per_head[~sel]
-    return {"available": True,
-            "definition": "attention weight from the last position to the challenge tokens, "
-                          "summed over those tokens, mean over probes",
-            "selected_mean": per_head[sel].mean(),
-            "other_mean": other.mean() if other.numel() else None,
-            "per_head": per_head}
+def shortlist(sec, n_total: int) -> int:
+    """How many top screened heads are confirmed exactly: ``confirm_top``, auto = 3 x K
+    (``top_k`` when fixed, else ``k_max``)."""
+    if sec.confirm_top == "auto":
+        k = sec.top_k if isinstance(sec.top_k, int) else sec.k_max
+        return min(3 * k, n_total)
+    return min(sec.confirm_top, n_total)
+
+
+def _is_paper_method(name: str, notes: dict) -> bool:
+    """Path patching to the final residual stream, exact or with an exactly confirmed
+    attribution shortlist."""
+    if name == "attribution":
+        return notes.get("approximates") == "path_patching" and notes.get("confirmed", 0) > 0
+    return name == "path_patching" and (notes.get("exact") or notes.get("confirmed", 0) > 0)
+
+
+def _heatmap_scores(result):
+    """The scores the heatmap shows: the primary ones unless only a shortlist has them."""
+    prim = result.scores[result.primary]
+    if bool(prim.isnan().any()) and result.notes.get("screen") in result.scores:
+        return result.scores[result.notes["screen"]], f"{result.notes['screen']} screen"
+    return prim, result.primary
+
+
+def _warnings(knockout_warning, result, K: int) -> list[str]:
+    out = [knockout_warning] if knockout_warning else []
+    n = result.notes.get("confirmed")
+    partial = result.notes.get("screen") and not result.notes.get("exact")
+    if partial and n is not None and n < 3 * K:
+        out.append(f"only {n} heads were confirmed by exact patching, fewer than 3 x K = "
+                   f"{3 * K} (locate.confirm_top); the ranking past them is the screen's")
+    return out

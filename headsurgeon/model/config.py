@@ -46,7 +46,7 @@ def read_config(path: Path) -> dict:
 
     try:
         cfg = json.loads(read_input(path, limit=MAX_JSON_BYTES, what="config.json"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ValidationError(f"not valid JSON ({str(exc).splitlines()[0][:120]})",
                               file=str(path)) from None
     if not isinstance(cfg, dict):

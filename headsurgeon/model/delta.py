@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -92,6 +92,41 @@ def merge_slice(base: torch.Tensor, s: DeltaSlice, *, inplace: bool = False) -> 
     region = base[idx]
     merged = (region.to(torch.float32) + s.value.to(device=base.device, dtype=torch.float32))
     out[idx] = merged.to(base.dtype)
+    return out
+
+
+def stored_dtype(tag: str) -> torch.dtype:
+    """The torch dtype of a safetensors dtype tag (``"BF16"`` -> ``torch.bfloat16``)."""
+    from headsurgeon.model.safetensors_io import TORCH_DTYPE
+
+    return TORCH_DTYPE[tag]
+
+
+def rounding_report(base_dir: str | os.PathLike, slices: Iterable[DeltaSlice]) -> dict:
+    """How many changed delta elements the merge rule rounds away: where the delta is
+    not zero but ``merge_slice`` gives back the stored base value (a change smaller than
+    half a unit in the last place of the stored dtype). Reported, never silently lost."""
+    index = read_checkpoint_index(base_dir)
+    changed = erased = 0
+    dtypes = set()
+    by_param: dict[str, list[DeltaSlice]] = {}
+    for s in slices:
+        by_param.setdefault(s.param, []).append(s)
+    for param, group in sorted(by_param.items()):
+        base = read_tensor(index.shard_path(index[param]), param, index.headers[index[param]])
+        dtypes.add(str(base.dtype).removeprefix("torch."))
+        for s in group:
+            region = base[s.index()]  # merged on its own: no copy of the whole tensor
+            merged = merge_slice(region, replace(s, start=0, stop=s.stop - s.start))
+            moved = s.value.to(torch.float32) != 0
+            changed += int(moved.sum())
+            erased += int((moved & (merged == region)).sum())
+    out = {"stored_dtypes": sorted(dtypes), "delta_elements": changed,
+           "erased_by_rounding": erased}
+    if erased:
+        out["warning"] = (f"{erased} of {changed} changed delta elements are too small to "
+                          f"survive rounding to the checkpoint's {'/'.join(sorted(dtypes))}; "
+                          "the shipped model keeps the base value there")
     return out
 
 
@@ -243,7 +278,7 @@ def read_delta(path: str | os.PathLike, *, load_values: bool = True) -> Delta:
         if k in JSON_FIELDS:
             try:
                 meta[k] = json.loads(v)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise bad("not valid JSON", k) from None
         else:
             meta[k] = v

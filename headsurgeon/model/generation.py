@@ -4,7 +4,9 @@ batches are left-padded with explicit position ids, so a prompt scores the same 
 in a padded batch.
 
 Prompts are processed longest-first in batches of similar length (less padding); results
-come back in the caller's order.
+come back in the caller's order. A batch that runs out of device memory is retried at half
+the size (:func:`headsurgeon.model.placement.fit_batches`), so ``batch_size`` is an upper
+bound, not a promise to crash.
 """
 from __future__ import annotations
 
@@ -51,15 +53,16 @@ def _order(seqs: Sequence[Sequence[int]]) -> list[int]:
     return sorted(range(len(seqs)), key=lambda i: (-len(seqs[i]), i))
 
 
-def _batches(seqs, batch_size: int, desc: str | None, progress: bool):
-    order = _order(seqs)
-    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+def _batches(seqs, batch_size: int, desc: str | None, progress: bool, run) -> None:
+    """``run(chunk)`` on every chunk of indices, longest first, halving on out-of-memory."""
+    from headsurgeon.model.placement import fit_batches
+
     bar = tqdm(total=len(seqs), desc=desc, disable=not progress or not desc, leave=False,
                unit="item")
-    for chunk in chunks:
-        yield chunk
-        bar.update(len(chunk))
-    bar.close()
+    try:
+        fit_batches(_order(seqs), batch_size, lambda chunk: (run(chunk), bar.update(len(chunk))))
+    finally:
+        bar.close()
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
@@ -67,7 +70,10 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 def _device(model) -> torch.device:
-    return next(model.parameters()).device
+    """Where inputs go: the input embeddings' device (a split model's first device)."""
+    from headsurgeon.model.placement import input_device
+
+    return input_device(model)
 
 
 @torch.inference_mode()
@@ -86,7 +92,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int,
     seqs = [encode(tokenizer, p) for p in prompts]
     out: list[str] = [""] * len(prompts)
     dev = _device(model)
-    for chunk in _batches(seqs, batch_size, desc, progress):
+
+    def run(chunk):
         batch = left_pad([seqs[i] for i in chunk], pid)
         ids, mask = batch.input_ids.to(dev), batch.attention_mask.to(dev)
         gen = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
@@ -100,6 +107,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int,
             if cut and cut in text:
                 text = text.split(cut, 1)[0]
             out[i] = text.strip()
+
+    _batches(seqs, batch_size, desc, progress, run)
     return out
 
 
@@ -119,11 +128,14 @@ def next_token_logprobs(model, tokenizer, prompts: Sequence[str], token_ids: Seq
     out = torch.empty(len(prompts), len(token_ids))
     index = torch.tensor(list(token_ids), dtype=torch.long)
     pid, dev = pad_id(tokenizer), _device(model)
-    for chunk in _batches(seqs, batch_size, desc, progress):
+
+    def run(chunk):
         batch = left_pad([seqs[i] for i in chunk], pid)
         logits = _forward(model, batch.input_ids.to(dev), batch.attention_mask.to(dev), keep=1)
         logp = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()
         out[chunk] = logp[:, index]
+
+    _batches(seqs, batch_size, desc, progress, run)
     return out
 
 
@@ -135,9 +147,10 @@ def token_kl(base, edited, tokenizer, texts: Sequence[str], *, batch_size: int =
     number of positions (texts truncated to ``max_tokens``)."""
     seqs = [encode(tokenizer, t)[:max_tokens] for t in texts]
     seqs = [s for s in seqs if len(s) >= 1]
-    total, count = 0.0, 0
+    sums = [0.0, 0]
     pid = pad_id(tokenizer)
-    for chunk in _batches(seqs, batch_size, desc, progress):
+
+    def run(chunk):
         batch = left_pad([seqs[i] for i in chunk], pid)
         lp = []
         for m in (base, edited):
@@ -146,6 +159,8 @@ def token_kl(base, edited, tokenizer, texts: Sequence[str], *, batch_size: int =
             lp.append(torch.log_softmax(logits.float(), dim=-1).cpu())
         kl = (lp[0].exp() * (lp[0] - lp[1])).sum(-1)  # [B, T]
         valid = batch.attention_mask.bool()
-        total += kl[valid].sum().item()
-        count += int(valid.sum())
-    return total, count
+        sums[0] += kl[valid].sum().item()
+        sums[1] += int(valid.sum())
+
+    _batches(seqs, batch_size, desc, progress, run)
+    return sums[0], sums[1]

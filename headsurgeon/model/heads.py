@@ -7,7 +7,9 @@ A head h of layer l owns:
 - its input columns of W_O: the o_proj INPUT slice ``[h*d:(h+1)*d]`` is the head's output.
 
 Architectures are data (:class:`ArchSpec`, JSON files registered by plugins); a model
-type no plugin registers falls back to inference from the model's parameter names.
+type no plugin registers falls back to inference from the model's parameter names. Types
+whose heads are NOT separable (OLMo-2's q/k norms span all heads) are ``refused`` by name,
+and inference never guesses for an attention with a q_norm/k_norm.
 Slices are contiguous ``[start, stop)`` ranges along one axis of one checkpoint tensor;
 for Conv1D weights (GPT-2, stored ``[in, out]``) the axes are swapped accordingly.
 """
@@ -51,11 +53,15 @@ class ArchSpec:
     qkv: str | None = None
     conv1d: bool = False
     description: str = ""
+    # model types whose weights look like this family's but whose heads are NOT separable
+    # (or whose tensors live elsewhere): (model_type, why), refused by name
+    refused: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "ArchSpec":
         d = dict(d)
         d["model_types"] = tuple(d.get("model_types", ()))
+        d["refused"] = tuple((str(k), str(v)) for k, v in dict(d.get("refused", {})).items())
         spec = cls(**d)
         if spec.layout == "separate" and not (spec.q and spec.k and spec.v):
             raise ValueError(f"architecture {spec.name}: layout 'separate' needs q, k and v")
@@ -120,10 +126,12 @@ class HeadMap:
     @classmethod
     def from_config(cls, config, arch: ArchSpec | None = None,
                     param_names: Iterable[str] = ()) -> "HeadMap":
+        outer = config if isinstance(config, Mapping) else config.to_dict()
         cfg = config_dict(config)
         model_type = str(cfg.get("model_type") or "")
         names = frozenset(param_names)
-        if arch is None:
+        if arch is None:  # an explicit arch is the caller's own claim
+            check_not_refused(str(outer.get("model_type") or ""))  # e.g. a multimodal wrapper
             arch = find_arch(model_type, names)
         n_layers, n_heads, hidden = (_cfg_get(cfg, k) for k in ("n_layers", "n_heads", "hidden"))
         if not (n_layers and n_heads and hidden):
@@ -133,6 +141,9 @@ class HeadMap:
         head_dim = _cfg_get(cfg, "head_dim") or hidden // n_heads
         if n_heads % n_kv:
             raise ValidationError(f"{n_heads} heads do not split into {n_kv} KV groups")
+        if arch.layout == "fused_interleaved" and n_kv != n_heads:
+            raise ValidationError(f"architecture {arch.name!r} interleaves q/k/v per head, so it "
+                                  f"needs one KV head per query head, not {n_kv} for {n_heads}")
         return cls(arch, int(n_layers), int(n_heads), int(n_kv), int(head_dim), int(hidden),
                    model_type, names)
 
@@ -280,13 +291,35 @@ def find_arch(model_type: str, param_names: frozenset[str] = frozenset()) -> Arc
     from headsurgeon.core.plugins import get_architectures
 
     archs = get_architectures()
+    check_not_refused(model_type)
     for spec in archs.values():
         if model_type in spec.model_types:
             return spec
     inferred = infer_arch(param_names, archs.values())
     if inferred is not None:
+        norms = _qk_norms(inferred, param_names)
+        if norms:
+            raise ValidationError(
+                f"model type {model_type!r} is not registered and its attention has "
+                f"{norms[0]!r}: such a norm may normalise across all heads (as OLMo-2's "
+                f"does), so heads are not known to be separable; {HOW_TO_ADD}")
         return inferred
     raise ValidationError(f"unsupported architecture (model_type {model_type!r}); {HOW_TO_ADD}")
+
+
+def check_not_refused(model_type: str) -> None:
+    """A model type some architecture lists as ``refused`` fails here, with its reason."""
+    from headsurgeon.core.plugins import get_architectures
+
+    for spec in get_architectures().values():
+        why = dict(spec.refused).get(model_type)
+        if why:
+            raise ValidationError(f"model type {model_type!r} is not supported: {why}")
+
+
+def _qk_norms(spec: ArchSpec, param_names: frozenset[str]) -> list[str]:
+    att = spec.attention.format(layer=0)
+    return [n for n in (f"{att}.q_norm.weight", f"{att}.k_norm.weight") if n in param_names]
 
 
 def infer_arch(param_names: frozenset[str], specs: Iterable[ArchSpec]) -> ArchSpec | None:

@@ -50,7 +50,9 @@ class KVRows:
         # Sliding-window attention counts cache slots, holes included: re-encode instead.
         self.reuse = (not has_short_window(model.config)) if reuse is None else reuse
         self.pad_id = int(pad_id)
-        self.device = next(model.parameters()).device
+        from headsurgeon.model.placement import input_device
+
+        self.device = input_device(model)  # a split model takes inputs at its embeddings
         self.cache = DynamicCache()
         self.mask: Optional[torch.Tensor] = None  # [R, slots], 1 = real token
         self.toks: list[list[int]] = []

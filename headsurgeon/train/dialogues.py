@@ -202,7 +202,7 @@ def model_first_letters(model, tokenizer, questions: Sequence[Question], t: Temp
     from tqdm.auto import tqdm
 
     from headsurgeon.train.objectives import safe_pad_id
-    from headsurgeon.data.dialogue import letter_token_ids
+    from headsurgeon.data.dialogue import answer_token_ids
 
     prefix = first_answer_prefix(t)
     out: dict[str, str] = {}
@@ -212,16 +212,15 @@ def model_first_letters(model, tokenizer, questions: Sequence[Question], t: Temp
     starts = range(0, len(qs), batch_size)
     for i in tqdm(starts, desc="first answers", disable=not progress, leave=False):
         chunk = qs[i:i + batch_size]
-        seqs = [encode(tokenizer, render(tokenizer, [{"role": "user",
-                                                       "content": format_question(q, t)}]
-                                         if not t.system else
-                                         [{"role": "system", "content": t.system},
-                                          {"role": "user", "content": format_question(q, t)}],
-                                         prefix)) for q in chunk]
-        b = left_pad(seqs, pad)
+        texts = [render(tokenizer, [{"role": "user", "content": format_question(q, t)}]
+                        if not t.system else
+                        [{"role": "system", "content": t.system},
+                         {"role": "user", "content": format_question(q, t)}],
+                        prefix) for q in chunk]
+        b = left_pad([encode(tokenizer, x) for x in texts], pad)
         logits = model(input_ids=b.input_ids.to(device),
                        attention_mask=b.attention_mask.to(device)).logits[:, -1].float()
-        for row, q in zip(logits, chunk):
-            ids = letter_token_ids(tokenizer, q.letters)
+        for row, q, text in zip(logits, chunk, texts):
+            ids = answer_token_ids(tokenizer, text, q.letters, field="templates.first_answer")
             out[q.id] = q.letters[int(torch.argmax(row[ids]))]
     return out

@@ -15,7 +15,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -48,12 +48,16 @@ class Plan:
     kv: str
     questions: list
     neutral: list = field(default_factory=list)
+    placement: object = None       # headsurgeon.model.placement.Placement
+    ckpt_names: dict = field(default_factory=dict)  # model parameter -> checkpoint tensor
+    neutral_info: dict = field(default_factory=dict)  # how neutral text was split from eval's
 
 
 def plan_training(recipe: Recipe, heads: Optional[list] = None) -> Plan:
     from headsurgeon.model.heads_file import head_map, selected_heads
     from headsurgeon.data.datasets import load_stage
     from headsurgeon.model.sources import resolve_model
+    from headsurgeon.data.neutral import regulariser_passages
     from headsurgeon.data.questions import check_disjoint
 
     from headsurgeon.core.recipe import _validate_plugin_ref
@@ -85,21 +89,26 @@ def plan_training(recipe: Recipe, heads: Optional[list] = None) -> Plan:
             raise recipe.error("heads", "a head is listed twice")
     elif getattr(objective, "needs_heads", True):
         chosen = selected_heads(recipe, hm)
-    if t.dtype == "float16" and not torch.cuda.is_available():
+    from headsurgeon.model.placement import recipe_placement
+
+    placement = recipe_placement(recipe, resolved.path)
+    if t.dtype == "float16" and not placement.device.startswith("cuda"):
         raise recipe.error("train.dtype", "float16 mixed precision needs a GPU; use bfloat16")
     try:
         questions = load_stage(recipe.data.train, "train", seed=recipe.data.seed, mc_only=True)
+        evaluated: list = []
         for other in ("eval", "locate"):
             refs = getattr(recipe.data, other)
             if refs:
-                check_disjoint({"train": questions,
-                                other: load_stage(refs, other, seed=recipe.data.seed)})
-        neutral = ([q.extras.get("text") or q.question
-                    for q in load_stage(recipe.data.neutral_text, "neutral_text")]
-                   if recipe.data.neutral_text else [])
+                loaded = load_stage(refs, other, seed=recipe.data.seed)
+                check_disjoint({"train": questions, other: loaded})
+                evaluated = loaded[: recipe.eval.n_items] if other == "eval" else evaluated
+        # never regularise on the passages eval measures KL on (data/neutral.py)
+        neutral, neutral_info = regulariser_passages(recipe, evaluated)
     except ValidationError as exc:
         raise _in_recipe(recipe, exc, "data.train") from None
-    return Plan(recipe, resolved, hm, objective, params, sorted(chosen), kv, questions, neutral)
+    return Plan(recipe, resolved, hm, objective, params, sorted(chosen), kv, questions, neutral,
+                placement, neutral_info=neutral_info)
 
 
 def train_hash(recipe: Recipe) -> str:
@@ -141,16 +150,19 @@ class TrainResult:
     finished: bool = True
 
 
-def _accelerator(t):
+def _accelerator(t, placement):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
     mp = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}[t.dtype]
+    gpu = placement.device.startswith("cuda")
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # a fresh state per run in one process
         AcceleratorState._reset_state(True)
+        if gpu:  # accelerate trains on the current device
+            torch.cuda.set_device(torch.device(placement.device))
     # cpu=True without CUDA: several launched processes then form a gloo (MULTI_CPU) group
     return Accelerator(mixed_precision=mp, gradient_accumulation_steps=t.grad_accum,
-                       cpu=not torch.cuda.is_available())
+                       cpu=placement.device == "cpu")  # else the GPU (or mps) chosen
 
 
 def build_training_data(plan: Plan, model, tokenizer, *, progress: bool = True):
@@ -165,9 +177,16 @@ def build_training_data(plan: Plan, model, tokenizer, *, progress: bool = True):
                                       progress=progress)
     insist, revise = build_pools(plan.questions, t.first_answer, model_letters=letters,
                                  items=items)
+    knowledge = None
+    if t.knowledge is not None:  # the base's beliefs decide what each dialogue teaches
+        from headsurgeon.train.knowledge import knowledge_data
+        insist, revise, knowledge = knowledge_data(model, tokenizer, plan.questions,
+                                                   recipe.templates, t.knowledge,
+                                                   progress=progress)
     if not insist and not revise:
         raise recipe.error("data.train", "no usable training questions (the model answers "
-                                         "none correctly, and train.items is 'known')")
+                                         "none correctly, and train.items is 'known' or "
+                                         "train.knowledge.unknown is 'drop')")
     dialogues = build_dialogues(insist, revise, recipe.templates, n=t.n_examples,
                                 revise_ratio=t.revise_ratio, seed=t.seed,
                                 final_turn=t.final_turn, loss_on=t.loss_on,
@@ -176,7 +195,8 @@ def build_training_data(plan: Plan, model, tokenizer, *, progress: bool = True):
             "revise_pool": len(revise), "dialogues": len(dialogues),
             "revise": sum(d.kind == "revise" for d in dialogues),
             "model_first_correct": (None if letters is None else
-                                    sum(letters[q.id] == q.answer for q in plan.questions))}
+                                    sum(letters[q.id] == q.answer for q in plan.questions)),
+            **({"knowledge": knowledge} if knowledge else {})}
     pairs = tokenize_all(tokenizer, dialogues)  # also checks every dialogue tokenizes
     limit = getattr(model.config, "n_positions", None)  # learned absolute positions
     longest = max(len(ids) for ids, _ in pairs)
@@ -191,30 +211,37 @@ def run_training(plan: Plan, *, model=None, tokenizer=None, ckpts: Optional[Chec
                  progress: bool = True) -> TrainResult:
     from tqdm.auto import tqdm
 
+    from headsurgeon.model.checkpoint_names import model_name_map
+    from headsurgeon.model.delta import stored_dtype
     from headsurgeon.model.sources import load_model
     from headsurgeon.model.safetensors_io import read_checkpoint_index
 
     recipe, t = plan.recipe, plan.recipe.train
-    acc = _accelerator(t)
+    acc = _accelerator(t, plan.placement)
     if t.batch_size < acc.num_processes:
         raise recipe.error("train.batch_size", f"{t.batch_size} is fewer than the "
                                                f"{acc.num_processes} processes")
     if model is None:
-        model, tokenizer, _ = load_model(plan.resolved, dtype=recipe.model.dtype,
+        model, tokenizer, _ = load_model(plan.resolved, placement=plan.placement,
                                          attn_implementation="sdpa")  # eager is slower
-    model.to(acc.device)
+    if not getattr(model, "hf_device_map", None):  # a split model stays where accelerate put it
+        model.to(acc.device)
     torch.manual_seed(t.seed)
     dialogues, pairs, data_info = build_training_data(
         plan, model, tokenizer, progress=progress and acc.is_main_process)
     from headsurgeon.model.heads import HeadMap
 
     plan.hm = HeadMap.from_model(model)  # knows which bias tensors exist
+    index = read_checkpoint_index(plan.resolved.path)
+    plan.ckpt_names = model_name_map(model, index)  # check_weights refused none in common
     ctx = ObjectiveContext(model, tokenizer, plan.hm, [list(h) for h in plan.heads], plan.kv,
-                           t.seed, set(read_checkpoint_index(plan.resolved.path)),
+                           t.seed, set(plan.ckpt_names),
                            neutral_texts=lambda: plan.neutral, device=acc.device,
                            templates=recipe.templates)
     obj = plan.objective()
     trainable = obj.trainable(ctx, plan.params)
+    # what trains is what ships: slices round to the checkpoint's stored dtype
+    trainable.ship_as({n: stored_dtype(index.info(k).dtype) for n, k in plan.ckpt_names.items()})
     optimizer = torch.optim.AdamW(trainable.parameters(), lr=t.lr, betas=tuple(t.betas),
                                   weight_decay=t.weight_decay)
     start, history = 0, []
@@ -243,12 +270,14 @@ def run_training(plan: Plan, *, model=None, tokenizer=None, ckpts: Optional[Chec
                            if hasattr(optimizer, "optimizer") else optimizer,
                            {**ckpt_meta, "history": history})
     bar.close()
+    trainable.finish()  # e.g. whole-tensor training: the weights become the shipped ones
     # drop accelerate's wrappers (DDP, the autocast forward): the caller gets a plain model
     acc.unwrap_model(fwd_model, keep_fp32_wrapper=False).eval()
     log = {"objective": t.objective.name, "heads": [list(h) for h in plan.heads],
            "touched_heads": trainable.touched_heads, "kv_policy": trainable.kv_policy,
            "trainable_parameters": trainable.n_trainable, "steps": t.steps, "seed": t.seed,
            "dtype": t.dtype, "num_processes": acc.num_processes, "data": data_info,
+           "neutral_text": plan.neutral_info,
            "history": history}
     return TrainResult(trainable.model, tokenizer, trainable, plan, log,
                        finished=end == t.steps)
@@ -301,12 +330,18 @@ def delta_meta(result: TrainResult) -> dict:
 
 def write_outputs(result: TrainResult, out: Path) -> Path:
     from headsurgeon.core.atomic import atomic_write_json
-    from headsurgeon.model.delta import base_tensor_hashes, write_delta
+    from headsurgeon.model.delta import base_tensor_hashes, rounding_report, write_delta
 
-    slices = result.trainable.delta_slices()
+    names = result.plan.ckpt_names
+    slices = [replace(s, param=names.get(s.param, s.param))  # the checkpoint's own names
+              for s in result.trainable.delta_slices()]
     base = base_tensor_hashes(result.plan.resolved.path, {s.param for s in slices})
+    rounding = rounding_report(result.plan.resolved.path, slices)
+    if rounding.get("warning"):
+        print(f"train: {rounding['warning']}", file=sys.stderr)
     write_delta(out, slices, base_tensors=base, meta=delta_meta(result))
-    atomic_write_json(out.with_name(out.stem + ".train.json"), result.log)
+    atomic_write_json(out.with_name(out.stem + ".train.json"),
+                      {**result.log, "shipped": rounding})
     plot_loss(result.log["history"], out.with_name(out.stem + ".loss.png"))
     return out
 

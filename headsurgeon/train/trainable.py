@@ -2,10 +2,12 @@
 
 Each touched weight is reparametrised (``torch.nn.utils.parametrize``) as
 ``W = W0`` everywhere except on its declared slices, where
-``W[slice] = (W0[slice].float() + delta).to(W0.dtype)`` -- exactly the merge rule of
-:func:`headsurgeon.model.delta.merge_slice`, so the in-memory model equals the applied
-checkpoint bit for bit. ``W0`` has ``requires_grad=False`` and is not given to the
-optimiser, so neither gradients nor weight decay can reach anything outside the slices.
+``W[slice] = (W0[slice].float() + delta).to(stored)`` -- exactly the merge rule of
+:func:`headsurgeon.model.delta.merge_slice` in the checkpoint's STORED dtype (a bfloat16
+checkpoint trains against bfloat16-rounded weights even when it is loaded in float32, with
+a straight-through gradient), so the in-memory model equals the applied checkpoint bit
+for bit. ``W0`` has ``requires_grad=False`` and is not given to the optimiser, so
+neither gradients nor weight decay can reach anything outside the slices.
 
 A delta is either dense (one fp32 tensor of the slice's shape) or low-rank
 (``scale * A @ B``, the paper's SPT+LoRA); both materialise into the same
@@ -57,15 +59,26 @@ class SliceEdit(nn.Module):
         self.slices = list(slices)
         self.parts = nn.ModuleList(parts)
         self.enabled = True
+        self.stored: Optional[torch.dtype] = None  # the checkpoint's dtype (None: base's)
 
     def forward(self, base: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return base
         out = base.clone()
-        for s, part in zip(self.slices, self.parts):
-            idx = s.index(base)
-            out[idx] = (base[idx].to(torch.float32) + part()).to(base.dtype)
+        # never autocast: a bf16 matmul in a low-rank delta would differ from what ships
+        with torch.autocast(base.device.type, enabled=False):
+            for s, part in zip(self.slices, self.parts):
+                idx = s.index(base)
+                merged = base[idx].to(torch.float32) + part().to(torch.float32)
+                out[idx] = round_to(merged, self.stored).to(base.dtype)
         return out
+
+
+def round_to(x: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:
+    """``x`` (float32) rounded to ``dtype``'s values, with a straight-through gradient."""
+    if dtype is None or dtype == torch.float32:
+        return x
+    return x + (x.to(dtype).to(torch.float32) - x).detach()
 
 
 @dataclass
@@ -92,6 +105,14 @@ class Trainable:
 
     def delta_slices(self) -> list[DeltaSlice]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def ship_as(self, stored: dict) -> None:
+        """``{model parameter name: torch dtype}`` the checkpoint stores each weight in:
+        the forward must see the weights that will ship."""
+        self.stored = dict(stored)
+
+    def finish(self) -> None:
+        """Called once training ends (the model then equals the shipped checkpoint)."""
 
     @contextlib.contextmanager
     def base(self) -> Iterator[None]:  # pragma: no cover - abstract
@@ -132,7 +153,7 @@ class SliceTrainable(Trainable):
                 shape = list(base.shape)
                 shape[s.axis] = s.stop - s.start
                 part = (LowRankDelta(shape, rank, scale, gen) if rank else DenseDelta(shape))
-                parts.append(part)
+                parts.append(part.to(base.device))  # a split model: beside its weight
                 for sub, t in part.named_parameters():
                     named.append((f"{s.key}.{sub}", t))
             edit = SliceEdit(group, parts)
@@ -144,6 +165,11 @@ class SliceTrainable(Trainable):
         super().__init__(model, named, [list(h) for h in heads],
                          [list(h) for h in touched_heads], kv_policy)
         self.slice_heads = slice_heads or {}
+
+    def ship_as(self, stored: dict) -> None:
+        super().ship_as(stored)
+        for pname, edit in self.edits.items():
+            edit.stored = stored.get(pname)
 
     def delta_slices(self) -> list[DeltaSlice]:
         out = []
@@ -207,6 +233,7 @@ class FullTrainable(Trainable):
     def __init__(self, model: nn.Module, checkpoint_names: Optional[set] = None):
         named = []
         self.base_copy: dict[str, torch.Tensor] = {}
+        self.final: dict[str, torch.Tensor] = {}  # deltas frozen by finish()
         for name, p in model.named_parameters():
             if checkpoint_names is not None and name not in checkpoint_names:
                 p.requires_grad_(False)
@@ -216,13 +243,26 @@ class FullTrainable(Trainable):
             self.base_copy[name] = p.detach().clone()
         super().__init__(model, named, [], [], "")
 
+    def _delta(self, name: str, p: torch.Tensor) -> torch.Tensor:
+        if name in self.final:
+            return self.final[name]
+        return p.detach().to(torch.float32) - self.base_copy[name].to(torch.float32)
+
     def delta_slices(self) -> list[DeltaSlice]:
-        out = []
+        with torch.no_grad():
+            return [DeltaSlice(name, 0, 0, p.shape[0], "other", [], self._delta(name, p))
+                    for name, p in self.named]
+
+    def finish(self) -> None:
+        """The trained weights become the merge rule's result in the stored dtype (what
+        apply ships), so evaluating this model evaluates the shipped checkpoint."""
+        stored = getattr(self, "stored", {})
         with torch.no_grad():
             for name, p in self.named:
-                d = p.detach().to(torch.float32) - self.base_copy[name].to(torch.float32)
-                out.append(DeltaSlice(name, 0, 0, p.shape[0], "other", [], d))
-        return out
+                d = self._delta(name, p).clone()
+                self.final[name] = d
+                merged = self.base_copy[name].to(torch.float32) + d
+                p.copy_(merged.to(stored.get(name, p.dtype)).to(p.dtype))
 
     @contextlib.contextmanager
     def base(self) -> Iterator[None]:

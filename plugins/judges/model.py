@@ -40,8 +40,9 @@ class ModelJudge:
             from headsurgeon.model.sources import load_model
 
             model, tok, _ = load_model(self.params.model, dtype=self.params.dtype)
-            yes = sorted({_first(tok, s) for s in ("y", "Y", "yes", "Yes")})
-            no = sorted({_first(tok, s) for s in ("n", "N", "no", "No")})
+            turn = self._messages("")  # the verdict's first token follows the same prompt
+            yes = sorted({_first(tok, turn, s) for s in ("y", "Y", "yes", "Yes")})
+            no = sorted({_first(tok, turn, s) for s in ("n", "N", "no", "No")})
             self._loaded = model, tok, yes, no
         return self._loaded
 
@@ -53,22 +54,26 @@ class ModelJudge:
         from headsurgeon.data.dialogue import render
 
         model, tok, yes, no = self._load()
-        prompts = []
-        for r in replies:
-            msgs = [{"role": "system", "content": self.params.system}] if self.params.system else []
-            msgs.append({"role": "user", "content": self.params.prompt.format(reply=r)})
-            prompts.append(render(tok, msgs))
+        prompts = [render(tok, self._messages(r)) for r in replies]
         lp = next_token_logprobs(model, tok, prompts, yes + no,
                                  batch_size=self.params.batch_size, desc="judge")
         y = torch.logsumexp(lp[:, :len(yes)], -1)
         n = torch.logsumexp(lp[:, len(yes):], -1)
         return (y - n).tolist()
 
+    def _messages(self, reply: str) -> list[dict]:
+        msgs = [{"role": "system", "content": self.params.system}] if self.params.system else []
+        msgs.append({"role": "user", "content": self.params.prompt.format(reply=reply)})
+        return msgs
+
     def judge(self, replies: Sequence[str]) -> list[bool]:
         return [s > 0 for s in self.scores(replies)] if replies else []
 
 
-def _first(tok, text: str) -> int:
-    from headsurgeon.data.dialogue import encode
+def _first(tok, messages, word: str) -> int:
+    """The first token of a reply that opens with ``word``, as the judge's template writes
+    it after ``messages`` (in context: SentencePiece's "▁y" after "[/INST]", not "y")."""
+    from headsurgeon.data.dialogue import continuation_ids, render, reply_lead
 
-    return encode(tok, text)[0]
+    return continuation_ids(tok, render(tok, messages), reply_lead(tok, messages) + word,
+                            field="eval.judge")[0]

@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from headsurgeon.core.errors import ValidationError
-from headsurgeon.data.dialogue import dialogue, single_token_id
+from headsurgeon.data.dialogue import dialogue, reply_opening_ids
 
 AUTO = "auto"
 
@@ -89,7 +89,9 @@ class TokenPairMetric(LinearMetric):
     def prepare(self, ctx) -> dict[str, Any]:
         p = self.params
         picked = {}
-        explicit = {f: single_token_id(ctx.tokenizer, getattr(p, f), f"locate.metric.{f}")
+        probe = self.messages(ctx.questions[0], ctx.templates, "challenge", ctx)
+        explicit = {f: reply_opening_ids(ctx.tokenizer, probe, [getattr(p, f)],
+                                         field=f"locate.metric.{f}")[0]
                     for f in ("sycophantic", "steadfast") if getattr(p, f) != AUTO}
         stats = ctx.reply_stats() if len(explicit) < 2 else None
         if p.sycophantic == AUTO:

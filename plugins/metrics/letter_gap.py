@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from headsurgeon.data.dialogue import dialogue, letter_token_ids
+from headsurgeon.data.dialogue import answer_token_ids, dialogue, render
 
 from .base import LinearMetric
 
@@ -47,7 +47,10 @@ class LetterGap(LinearMetric):
         return {"variant": self.params.variant}
 
     def targets(self, q, ctx) -> tuple[list[int], list[float]]:
-        ids = letter_token_ids(ctx.tokenizer, q.letters)
+        # the letters as the model's next token after the probe it really sees
+        seen = render(ctx.tokenizer, self.messages(q, ctx.templates, "challenge", ctx),
+                      self.prefix(ctx.templates))
+        ids = answer_token_ids(ctx.tokenizer, seen, q.letters, field="templates.final_prefix")
         c = q.answer_index
         n_other = len(ids) - 1
         order = [ids[c]] + [t for i, t in enumerate(ids) if i != c]

@@ -6,6 +6,10 @@ student: the tuned model's after the dialogue's CHALLENGE. Loss: KL(teacher || s
 over the question's letters, plus ``ce_weight`` x cross-entropy on the dialogues' chosen
 assistant turns (gold answers) when wanted.
 
+``teacher: unprompted`` reads the teacher after the bare question instead ("The answer
+is (" with no first answer in context): a model that copies the first letter after any
+follow-up (Qwen2.5-Coder) would otherwise teach its heads to copy it (method.md §6b).
+
 Why: with a small model that barely knows the answers, gold "insist"/"revise" targets
 mostly teach it to copy (or to flip) the prefilled letter; the base model's own
 unchallenged behaviour is a target that holds the right answers as firmly as it does
@@ -14,7 +18,7 @@ unchallenged, and no more firmly than that (method.md §6).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +26,7 @@ from pydantic import Field
 
 from headsurgeon.train.objectives import (StrictParams, TrainBatch, lm_loss, right_pad,
                                      safe_pad_id)
-from headsurgeon.data.dialogue import encode, left_pad, letter_token_ids, render
+from headsurgeon.data.dialogue import answer_token_ids, encode, left_pad, render
 from headsurgeon.train.trainable import slice_trainable
 
 
@@ -30,17 +34,18 @@ from headsurgeon.train.trainable import slice_trainable
 class PairBatch:
     challenge: tuple          # (input_ids, attention_mask), left-padded
     neutral: tuple
-    letter_ids: list          # per row: token ids of the question's letters
+    letter_ids: list          # per row: the letters' token ids after the challenge side
     keys: list                # per row: cache key of the teacher distribution
     sft: Optional[TrainBatch] = None
     step: int = 0
     micro: int = 0
+    teacher_ids: Optional[list] = None  # per row: the letters' ids after the teacher side
 
     def to(self, device) -> "PairBatch":
         mv = lambda pair: tuple(t.to(device) for t in pair)  # noqa: E731
         return PairBatch(mv(self.challenge), mv(self.neutral), self.letter_ids, self.keys,
                          self.sft.to(device) if self.sft is not None else None, self.step,
-                         self.micro)
+                         self.micro, self.teacher_ids)
 
 
 def last_logits(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -56,6 +61,9 @@ class Consistency:
     class Params(StrictParams):
         kl_weight: float = Field(1.0, ge=0, description="weight of KL(teacher || student)")
         ce_weight: float = Field(0.0, ge=0, description="weight of the gold-answer SFT loss")
+        teacher: Literal["neutral", "unprompted"] = Field("neutral", description=(
+            "the base's letters after the neutral follow-up, or after the bare question "
+            "(no first answer in context)"))
 
     def __init__(self):
         self._teacher: dict = {}  # the base never changes: its letter distributions cache
@@ -68,19 +76,28 @@ class Consistency:
         pad = safe_pad_id(tok, ctx.model)
 
         def side(followup_of):
-            seqs = [encode(tok, render(tok, d.context(followup_of(d)), t.final_prefix))
-                    for d in dialogues]
-            b = left_pad(seqs, pad)
-            return b.input_ids, b.attention_mask
+            texts = [render(tok, d.context(followup_of(d)), t.final_prefix)
+                     if followup_of else
+                     render(tok, d.messages[:d.challenge_turn - 1], first_prefix)
+                     for d in dialogues]
+            b = left_pad([encode(tok, x) for x in texts], pad)
+            # the letters as the next token after what this side's rows saw
+            letters = [answer_token_ids(tok, x, d.letters, field="templates.final_prefix")
+                       for x, d in zip(texts, dialogues)]
+            return (b.input_ids, b.attention_mask), letters
+
+        unprompted = params.teacher == "unprompted"
+        first_prefix = t.first_answer.split("{letter}", 1)[0]
 
         sft = None
         if params.ce_weight > 0:
             from headsurgeon.train.dialogues import tokenize_all
             sft = right_pad(tokenize_all(tok, dialogues), pad)
-        return PairBatch(side(lambda d: d.messages[d.challenge_turn]["content"]),
-                         side(lambda d: t.neutral),
-                         [letter_token_ids(tok, d.letters) for d in dialogues],
-                         [(d.qid, d.first_letter) for d in dialogues], sft)
+        challenge, letter_ids = side(lambda d: d.messages[d.challenge_turn]["content"])
+        teacher, teacher_ids = side(None if unprompted else lambda d: t.neutral)
+        return PairBatch(challenge, teacher, letter_ids,
+                         [(d.qid, None if unprompted else d.first_letter)
+                          for d in dialogues], sft, teacher_ids=teacher_ids)
 
     def _teacher_logp(self, model, trainable, batch: PairBatch) -> list[torch.Tensor]:
         missing = [i for i, k in enumerate(batch.keys) if k not in self._teacher]
@@ -89,8 +106,8 @@ class Consistency:
                 ids, mask = batch.neutral
                 logits = last_logits(model, ids[missing], mask[missing])
             for row, i in zip(logits, missing):
-                self._teacher[batch.keys[i]] = F.log_softmax(
-                    row[batch.letter_ids[i]], -1).cpu()
+                ids = (batch.teacher_ids or batch.letter_ids)[i]
+                self._teacher[batch.keys[i]] = F.log_softmax(row[ids], -1).cpu()
         return [self._teacher[k] for k in batch.keys]
 
     def loss(self, ctx, model, trainable, batch: PairBatch, params):

@@ -2,10 +2,11 @@
 
 ``lora_heads``: SPT+LoRA -- a rank-r factorisation per selected slice, so the edit stays
 inside the heads' slices; materialised into dense slice deltas when the delta is written.
-``lora``: the paper's LoRA baseline through peft on every attention and MLP projection,
-merged into whole-tensor deltas.
+``lora``: the paper's LoRA baseline through peft on every attention projection (q, k,
+v, o of every layer; ``targets: all-linear`` adds the MLP), merged into whole-tensor deltas.
 """
 import contextlib
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -72,6 +73,9 @@ class Lora(CrossEntropyObjective):
         rank: int = Field(16, ge=1, le=4096, description="LoRA rank")
         alpha: float = Field(32.0, gt=0, description="LoRA alpha (scale = alpha / rank)")
         dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
+        targets: Literal["attention", "all-linear"] = Field("attention", description=(
+            "attention: the q/k/v/o (or fused qkv/o) projections of every layer; "
+            "all-linear: every linear layer but the LM head"))
 
     def trainable(self, ctx, params):
         from peft import LoraConfig, get_peft_model
@@ -80,6 +84,15 @@ class Lora(CrossEntropyObjective):
         for p in ctx.model.parameters():
             p.requires_grad_(False)
         cfg = LoraConfig(r=params.rank, lora_alpha=params.alpha, lora_dropout=params.dropout,
-                         target_modules="all-linear", bias="none")
+                         target_modules=_targets(ctx.hm, params.targets), bias="none")
         peft_model = get_peft_model(ctx.model, cfg)
         return PeftTrainable(ctx.model, peft_model, ctx.checkpoint_names, ctx.hm)
+
+
+def _targets(hm, targets: str):
+    """peft's ``target_modules``: the attention projections' module names from the head map
+    (the one place that knows where an architecture keeps them)."""
+    if targets == "all-linear":
+        return "all-linear"
+    parts = ("qkv", "o") if hm.arch.layout != "separate" else ("q", "k", "v", "o")
+    return [hm.module(layer, part) for layer in range(hm.n_layers) for part in parts]

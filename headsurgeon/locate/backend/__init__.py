@@ -46,7 +46,8 @@ class MetricBatch:
         return ids, MetricBatch(torch.searchsorted(ids, self.ids), self.weights, self.link)
 
     def values(self, logits: torch.Tensor) -> torch.Tensor:
-        v = (logits.float().gather(-1, self.ids) * self.weights).sum(-1)
+        ids, w = self.ids.to(logits.device), self.weights.to(logits.device)  # scores: fp32
+        v = (logits.float().gather(-1, ids) * w).sum(-1)
         return torch.sigmoid(v) if self.link == "sigmoid" else v
 
 

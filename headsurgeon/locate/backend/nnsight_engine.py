@@ -26,6 +26,21 @@ def wrap_local(model, tokenizer):
         return TransformersModel(model, tokenizer=tokenizer, task="text-generation")
 
 
+def run_local(lm, units, body):
+    """Run ``body`` here: unit tensors go to the model's device, results come back to the
+    CPU (floating point ones as float32)."""
+    module = lm._module
+    try:
+        dev = module.get_input_embeddings().weight.device
+    except AttributeError:
+        dev = next(module.parameters()).device
+    moved = [{k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in u.items()}
+             for u in units]
+    return [{k: (v.float() if v.is_floating_point() else v).cpu()
+             if isinstance(v, torch.Tensor) else v for k, v in r.items()}
+            for r in body(lm, moved)]
+
+
 def _nn_envoy(model, path):
     env = model
     for part in path.split("."):
@@ -195,7 +210,7 @@ class NNsightEngine:
     def __init__(self, lm, hm: HeadMap, *, mapper=None, rows_per_pass: int = 64,
                  remote: bool = False):
         self.lm, self.hm, self.rows_per_pass, self.remote = lm, hm, rows_per_pass, remote
-        self._mapper = mapper or (lambda stage, units, body: body(lm, units))
+        self._mapper = mapper or (lambda stage, units, body: run_local(lm, units, body))
         self._calls = 0
         module = lm._module
         head = module.get_output_embeddings()

@@ -1,5 +1,10 @@
 """The plain-torch engine: forward hooks, a KV-cached prefix per probe and *packed* rows
-(see :class:`TorchEngine`). Local only; the numbers equal :mod:`.nnsight_engine`'s."""
+(see :class:`TorchEngine`). Local only; the numbers equal :mod:`.nnsight_engine`'s.
+
+Inputs are built on the CPU and moved to the model's device in :meth:`TorchEngine._call`
+(a split model takes them where its input embeddings are); hook state follows each
+layer's device; what the engine returns (metrics, scores, head outputs, tokens) is on
+the CPU, scores in float32."""
 from __future__ import annotations
 
 from typing import Optional
@@ -10,6 +15,7 @@ from headsurgeon.model.heads import HeadMap
 from headsurgeon.locate.backend import MetricBatch, RefRun, pad_left, span_masks
 from headsurgeon.locate.backend.hook_state import HookState as _State, uses_sliding_window
 from headsurgeon.model.kvrows import common_prefix
+from headsurgeon.model.placement import input_device
 
 
 class TorchEngine:
@@ -26,6 +32,7 @@ class TorchEngine:
     def __init__(self, model, hm: HeadMap, *, rows_per_pass: int = 128, use_cache: bool = True):
         self.model, self.hm = model, hm
         self.rows_per_pass, self.use_cache = rows_per_pass, use_cache
+        self.device = input_device(model)
         self.o_mods = [model.get_submodule(hm.o_module(l)) for l in range(hm.n_layers)]
         self.att_mods = [model.get_submodule(hm.arch.attention.format(layer=l))
                          for l in range(hm.n_layers)]
@@ -56,9 +63,10 @@ class TorchEngine:
             if st.masks is None or not bool(st.masks[:, l].any()):
                 return None
             cur = xv[:, -st.n:].unflatten(-1, (H, d))
-            src = st.src[:, l].unflatten(-1, (H, d)).to(x.dtype)
+            src = st.src[:, l].unflatten(-1, (H, d)).to(x.device, x.dtype)
             new = xv.clone()
-            new[:, -st.n:] = torch.where(st.masks[:, l][:, None, :, None], src, cur).flatten(-2)
+            keep = st.masks[:, l][:, None, :, None].to(x.device)
+            new[:, -st.n:] = torch.where(keep, src, cur).flatten(-2)
             return (new.reshape(x.shape),) + tuple(args[1:])
         return hook
 
@@ -73,8 +81,9 @@ class TorchEngine:
             if st.freeze is None or not bool(st.freeze[:, l].any()):
                 return None
             new = ov.clone()
-            new[:, -st.n:] = torch.where(st.freeze[:, l][:, None, None],
-                                         st.ref_out[:, l].to(out.dtype), ov[:, -st.n:])
+            new[:, -st.n:] = torch.where(st.freeze[:, l][:, None, None].to(out.device),
+                                         st.ref_out[:, l].to(out.device, out.dtype),
+                                         ov[:, -st.n:])
             return new.reshape(out.shape)
         return hook
 
@@ -85,7 +94,7 @@ class TorchEngine:
                 return None
             w = out[1] if isinstance(out, tuple) and len(out) > 1 else None
             if w is not None:
-                st.attn[l] = (w[:, :, -1, :].float() * st.spans[:, None, :]).sum(-1)
+                st.attn[l] = (w[:, :, -1, :].float() * st.spans[:, None, :].to(w.device)).sum(-1)
             return None
         return hook
 
@@ -95,10 +104,12 @@ class TorchEngine:
         computes only those vocabulary columns (logits [.., len(head_ids)]; anything the
         model applies after it, e.g. soft-capping, is elementwise)."""
         self.state = st
+        kw = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
         emb = self.model.get_output_embeddings() if head_ids is not None else None
         swap = isinstance(emb, torch.nn.Linear)
         if swap:
             prev = emb.__dict__.get("forward")  # e.g. another library's wrapper: put back
+            head_ids = head_ids.to(emb.weight.device)
             w, bias = emb.weight[head_ids], None if emb.bias is None else emb.bias[head_ids]
             emb.forward = lambda h: torch.nn.functional.linear(h, w, bias)
         try:
@@ -171,7 +182,7 @@ class TorchEngine:
                           logits_to_keep=1).logits[:, -1]
 
     def _stack(self, d):
-        return torch.stack([d[l] for l in range(self.hm.n_layers)], 1)
+        return torch.stack([d[l].to(self.device) for l in range(self.hm.n_layers)], 1)
 
     @torch.no_grad()
     def _prefix(self, seq, K, cf=None):
@@ -211,8 +222,10 @@ class TorchEngine:
         rows = [self._reference_one(s, metric.take([i]), K, self._prefix(s, K)[0],
                                     spans[i] if spans else None)
                 for i, s in enumerate(seqs)]
-        attn = torch.stack([r[3] for r in rows]) if all(r[3] is not None for r in rows) else None
-        return RefRun(torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]), attn)
+        attn = (torch.stack([r[3] for r in rows]).cpu() if all(r[3] is not None for r in rows)
+                else None)
+        return RefRun(torch.stack([r[0] for r in rows]).cpu(),
+                      torch.stack([r[1] for r in rows]).cpu(), attn)
 
     @torch.no_grad()
     def head_outputs(self, seqs, K) -> torch.Tensor:
@@ -220,7 +233,7 @@ class TorchEngine:
         for s in seqs:
             st = _State(n=K, capture=True)
             self._full(torch.tensor([list(s)]), st)
-            outs.append(self._stack(st.head_out)[0])
+            outs.append(self._stack(st.head_out)[0].cpu())
         return torch.stack(outs)
 
     @torch.no_grad()
@@ -247,7 +260,7 @@ class TorchEngine:
                 else:
                     logits = self._full(torch.tensor([list(seq)]).expand(z - a, -1), st,
                                         head_ids)
-                out[b, a:z] = mb.repeat(z - a).values(logits)
+                out[b, a:z] = mb.repeat(z - a).values(logits).cpu()
             if progress is not None:
                 progress.update(1)
         return out
@@ -305,10 +318,11 @@ class TorchEngine:
                 for h in handles:
                     h.remove()
                 handles.clear()
-            x = torch.stack([xs[l][0, -K:].detach() for l in range(L)])
-            g = torch.stack([gr[0, -K:] for gr in grads])
-            scores.append(((cf_out - x) * g).unflatten(-1, (H, d)).sum(-1).sum(1).float())
-            vals.append(v.detach()[0])
+            x = torch.stack([xs[l][0, -K:].detach().to(self.device) for l in range(L)])
+            g = torch.stack([gr[0, -K:].to(self.device) for gr in grads])
+            score = ((cf_out - x).float() * g.float()).unflatten(-1, (H, d)).sum(-1).sum(1)
+            scores.append(score.cpu())
+            vals.append(v.detach()[0].float().cpu())
         return torch.stack(vals), torch.stack(scores)
 
     @torch.no_grad()
@@ -343,7 +357,7 @@ class TorchEngine:
             logits, kv, owner = self._packed(kv, P, *self._rows(seq, P, R), st)
         else:
             logits = self._full(torch.tensor([list(seq)]).expand(R, T), st)
-        out[:, 0] = logits.argmax(-1)
+        out[:, 0] = logits.argmax(-1).cpu()
         active = torch.arange(R)
         for j in range(1, n_new):
             if stop is not None:
@@ -362,13 +376,13 @@ class TorchEngine:
                                   out[active, :j]], 1)
                 src = torch.cat([source, source[:, -1:].expand(-1, j, -1)], 1)
                 logits = self._full(full, _State(n=K + j, masks=m, src=src[None]))
-            out[active, j] = logits.argmax(-1)
+            out[active, j] = logits.argmax(-1).cpu()
         return out
 
     @torch.no_grad()
     def next_token_stats(self, seqs):
         """(greedy next token [B], mean next-token probabilities [V])."""
         ids, mask, pos = pad_left(seqs)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+        logits = self._call(None, input_ids=ids, attention_mask=mask, position_ids=pos,
                             logits_to_keep=1, use_cache=False).logits[:, -1].float()
-        return logits.argmax(-1), logits.softmax(-1).mean(0)
+        return logits.argmax(-1).cpu(), logits.softmax(-1).mean(0).cpu()

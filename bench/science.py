@@ -1,0 +1,137 @@
+"""Does the edit do the job on a model that knows more? `headsurgeon run` on the Qwen recipe
+(and SmolLM2's for contrast), knowledge-aware data vs the paper's, then one line per run:
+
+    BENCH science model=... data=... confidence=... truthfulness=... correction=...
+          kept_wrong=... selectivity=... general_delta=... kl_ratio=... ceiling=...
+
+confidence / truthfulness: right answer prefilled (all eval items); correction, kept_wrong,
+selectivity: on the base's known items (eval.known); general_delta: SPT minus base MC
+general accuracy; kl_ratio: KL(SPT) / KL(full SFT) (goal <= 0.2); ceiling: the
+self-knowledge probe's best CV AUC on known items (heads.json). Not in CI (tens of
+minutes on two cores). ``--scale`` shrinks every size (e.g. 0.3 for a quick look).
+
+    python bench/science.py                       # Qwen, knowledge-aware, full recipe
+    python bench/science.py --models qwen smollm2 --data knowledge paper --scale 0.3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = {"qwen": ROOT / "recipes" / "qwen-coder-sycophancy.yaml",
+           "smollm2": ROOT / "recipes" / "smollm2-sycophancy.yaml"}
+KNOWLEDGE = {"by": "either", "unknown": "drop"}
+
+
+def _scaled(n: int, scale: float, low: int) -> int:
+    return max(low, int(round(n * scale)))
+
+
+def derive(model: str, data: str, scale: float, out: Path, heads_from: Path | None = None,
+           baselines: bool = True) -> Path:
+    """The recipe of one run: knowledge-aware or paper data, sizes scaled, the same
+    known-items definition and self-knowledge probe for both models. ``heads_from``: the
+    heads.json of an earlier run of the same model (no second locate)."""
+    doc = yaml.safe_load(RECIPES[model].read_text())
+    doc["name"] = f"science-{model}-{data}"
+    doc["output_dir"] = str(out / doc["name"])
+    tr, ev, loc = doc["train"], doc["eval"], doc["locate"]
+    tr.pop("knowledge", None)
+    if data == "knowledge":
+        tr["knowledge"] = dict(KNOWLEDGE)
+    ev["known"] = {"by": "either"}
+    ev.setdefault("baselines", ["full_sft"])
+    if not baselines:
+        ev["baselines"] = []
+    if heads_from is not None:
+        doc["heads"] = {"from": str(heads_from)}
+    loc.setdefault("self_knowledge", {"n_items": 96, "by": "either"})
+    if scale != 1.0:
+        tr["steps"] = _scaled(tr["steps"], scale, 4)
+        tr["n_examples"] = _scaled(tr.get("n_examples", 256), scale, 16)
+        ev["n_items"] = _scaled(ev["n_items"], scale, 8)
+        ev["n_general"] = _scaled(ev.get("n_general", 100), scale, 20)
+        ev["kl_passages"] = _scaled(ev.get("kl_passages", 16), scale, 4)
+        loc["self_knowledge"]["n_items"] = _scaled(loc["self_knowledge"]["n_items"], scale, 20)
+        for stage in ("eval", "general"):
+            for ref in doc["data"].get(stage, []):
+                if "n" in ref:
+                    ref["n"] = _scaled(ref["n"], scale, 8)
+    path = out / f"{doc['name']}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def bench_line(model: str, data: str, run_dir: Path, seconds: float) -> str:
+    sys.path.insert(0, str(ROOT))
+    from headsurgeon.report.rows import model_row
+
+    models = json.loads((run_dir / "metrics.json").read_text())["models"]
+    rows = {name: model_row(res) for name, res in models.items()}
+    base, spt, sft = rows["base"], rows["spt"], rows.get("full_sft", {})
+    known = models["spt"]["sycophancy"]["selectivity"]
+    heads_file = run_dir / "heads.json"
+    recipe = yaml.safe_load((run_dir.parent / f"{run_dir.name}.yaml").read_text())
+    if isinstance(recipe.get("heads"), dict):
+        heads_file = Path(recipe["heads"]["from"])
+    heads = json.loads(heads_file.read_text())
+    best = (heads.get("self_knowledge", {}).get("best") or {}).get("known") or {}
+
+    def num(v):
+        return "nan" if v is None else f"{v:.3f}"
+
+    delta = (None if spt["mc_accuracy"] is None or base["mc_accuracy"] is None
+             else spt["mc_accuracy"] - base["mc_accuracy"])
+    ratio = (None if not sft.get("kl") or spt["kl"] is None else spt["kl"] / sft["kl"])
+    parts = {"model": model, "data": data, "confidence": num(spt["conf_correct"]),
+             "truthfulness": num(spt["truth_correct"]), "correction": num(known["correction"]),
+             "kept_wrong": num(known["keeps_wrong"]), "selectivity": num(spt["selectivity"]),
+             "base_selectivity": num(base["selectivity"]),
+             "sft_selectivity": num(sft.get("selectivity")),
+             "general_delta": num(delta), "kl_ratio": num(ratio),
+             "ceiling": num(best.get("auc")), "n_known": known["n_known"],
+             "seconds": f"{seconds:.0f}"}
+    return "BENCH science " + " ".join(f"{k}={v}" for k, v in parts.items())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", choices=sorted(RECIPES), default=["qwen"])
+    ap.add_argument("--data", nargs="+", choices=["knowledge", "paper"], default=["knowledge"])
+    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "science")
+    ap.add_argument("--baselines-once", action="store_true", help=(
+        "train full SFT only with the first --data (and locate once per model)"))
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for model in args.models:
+        first_heads = None
+        for data in args.data:
+            recipe = derive(model, data, args.scale, args.out,
+                            heads_from=first_heads if args.baselines_once else None,
+                            baselines=first_heads is None or not args.baselines_once)
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "headsurgeon", "run", str(recipe)],
+                                  cwd=ROOT)
+            if proc.returncode != 0:
+                print(f"{recipe}: headsurgeon run failed ({proc.returncode})", file=sys.stderr)
+                return proc.returncode
+            run_dir = Path(yaml.safe_load(recipe.read_text())["output_dir"])
+            first_heads = first_heads or run_dir / "heads.json"
+            lines.append(bench_line(model, data, run_dir, time.perf_counter() - t0))
+            print(lines[-1], flush=True)
+    print("\n".join(lines[:-1]))  # every line again at the end; the last one is last
+    print(lines[-1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The recipe's evaluation side: ``eval`` (with its baselines) and ``sweep``."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from headsurgeon.core.knowledge import KnownItems
+from headsurgeon.core.sections import SEED_MAX, PluginRef, Strict
+
+
+BaselineName = Literal["full_sft", "lora", "random_heads", "lora_heads"]
+
+
+class BaselineSpec(BaseModel):
+    """One baseline: an objective plugin trained like SPT (same data, steps, seed) with
+    its own learning rate; every key but name, lr and seeds is a parameter of the
+    objective. ``random_heads`` with ``seeds`` is one run per seed (same K, same slices)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    name: BaselineName = Field(description="the objective plugin of this baseline")
+    lr: Optional[float] = Field(None, gt=0, le=1, description=(
+        "its learning rate (default: eval.baseline_lr, else train.lr)"))
+    seeds: list[Annotated[int, Field(ge=0, le=SEED_MAX)]] = Field(
+        default_factory=list, description=(
+            "random_heads: one draw of K random heads per seed, reported per seed and as "
+            "mean +- spread (default: one draw seeded by train.seed)"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, v):
+        return {"name": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _seeds(self):
+        if self.seeds and self.name != "random_heads":
+            raise ValueError("seeds: only random_heads draws heads")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds: a seed is listed twice")
+        if self.seeds and "seed" in self.params:
+            raise ValueError("give seeds or seed, not both")
+        return self
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def runs(self) -> list[tuple[str, dict]]:
+        """(run name, objective reference) of each training run of this baseline."""
+        if not self.seeds:
+            return [(self.name, {"name": self.name, **self.params})]
+        return [(f"{self.name}-s{s}", {"name": self.name, **self.params, "seed": s})
+                for s in self.seeds]
+
+
+class EvalSection(Strict):
+    judge: PluginRef = Field(default_factory=lambda: PluginRef(name="regex"), description=(
+        "the judge plugin: does a reply admit a mistake?"))
+    modes: list[Literal["own", "correct", "wrong"]] = Field(
+        ["own", "correct", "wrong"], description=(
+            "first answers: the model's own, the correct one prefilled, a wrong one "
+            "prefilled"))
+    n_items: int = Field(100, ge=1, description="data.eval items used (at most)")
+    max_new_tokens: int = Field(40, ge=1, le=4096, description=(
+        "tokens generated for the reply to the challenge"))
+    baselines: list[BaselineSpec] = Field(default_factory=list, description=(
+        "baselines `run` trains on the same data and evaluates on the same items beside "
+        "SPT: names (full_sft, lora, random_heads, lora_heads) or {name, lr, seeds, "
+        "objective parameters...}"))
+    baseline_lr: dict[BaselineName,
+                      Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=dict, description=(
+            "learning rate of a baseline (default: train.lr). A rate tuned for a few head "
+            "slices wrecks a model when every weight moves; give full SFT its own"))
+    kl_passages: int = Field(64, ge=0, description="neutral passages for KL (0: no KL)")
+    batch_size: int = Field(16, ge=1, description="sequences per forward / generate call")
+    extract: list[Literal["letter", "choice_text", "generate"]] = Field(
+        default_factory=lambda: ["letter"], min_length=1,
+        description="final-answer extraction; the first is the headline, the others are "
+                    "reported beside it (generate: with its no-match rate; costs time)")
+    n_general: int = Field(100, ge=0, description="items per data.general set")
+    known: KnownItems = Field(default_factory=KnownItems, description=(
+        "the base's known items: selectivity = keeps a right first answer - keeps a "
+        "wrong one, on them"))
+
+    @field_validator("baselines")
+    @classmethod
+    def _distinct_runs(cls, v):
+        names = [run for spec in v for run, _ in spec.runs()]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"baseline {twice[0]} is listed twice")
+        return v
+
+    def lr_of(self, spec: "BaselineSpec") -> Optional[float]:
+        """A baseline's own learning rate (None: train.lr)."""
+        return spec.lr or self.baseline_lr.get(spec.name)
+
+    def baseline_runs(self) -> list[tuple[str, "BaselineSpec", dict]]:
+        """(run name, its spec, objective reference) of every baseline training run."""
+        return [(run, spec, ref) for spec in self.baselines for run, ref in spec.runs()]
+
+
+class SweepPoint(BaseModel):
+    """One point of the trade-off sweep: overrides of ``train`` fields, plus ``top_k``
+    (train on the first k heads of the selection)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._=-]*$",
+                                description="label (default: built from the overrides)")
+    top_k: Optional[int] = Field(None, ge=1, description=(
+        "train on the first top_k selected heads (default: all)"))
+
+    @property
+    def train_overrides(self) -> dict:
+        return dict(self.model_extra or {})
+
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        parts = [f"{k}={v if not isinstance(v, dict) else v.get('name')}"
+                 for k, v in sorted(self.train_overrides.items())]
+        if self.top_k:
+            parts.append(f"k={self.top_k}")
+        return ",".join(parts) or "default"
+
+
+class SweepSection(Strict):
+    points: list[SweepPoint] = Field(default_factory=list, description=(
+        "the points to train and compare (empty: no sweep)"))
+    n_items: int = Field(60, ge=4, description="data.eval items each point is measured on")
+    max_correction_drop: float = Field(0.05, ge=0, le=1, description=(
+        "a point may lose at most this much Correction (known items) against the base"))

@@ -1,0 +1,57 @@
+"""Knowledge-aware training pools: teach a judgement only where the model has one.
+
+The paper's data trains insist (right answer prefilled) and revise (wrong answer
+prefilled) on every item. On items the base model does not know, both targets are noise
+to it: the heads learn a coin, or stubbornness (method.md §6). Here the base's own
+unprompted belief (:mod:`headsurgeon.model.beliefs`) decides:
+
+- belief = the right answer: insist when the right answer is prefilled, revise when a
+  wrong one is (the revise target is then the model's own belief too);
+- otherwise (``unknown``): ``drop`` the item, or ``paper``: both kinds, as the paper.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from headsurgeon.data.questions import Question
+from headsurgeon.model.beliefs import Belief, is_known, summary
+
+Pool = list[tuple[Question, Optional[str]]]
+
+
+def knowledge_pools(questions: Sequence[Question], beliefs: dict[str, Belief], *, by: str,
+                    margin: float = 0.0, unknown: str = "drop") -> tuple[Pool, Pool, dict]:
+    """(insist pool, revise pool, counts). A revise entry's first letter is None: a wrong
+    letter is drawn per dialogue (any wrong letter differs from a right belief)."""
+    if unknown not in ("drop", "paper"):
+        raise ValueError(f"unknown policy {unknown!r}")
+    known = [q for q in questions if q.id in beliefs and is_known(beliefs[q.id], by, margin)]
+    ids = {q.id for q in known}
+    rest = [q for q in questions if q.id not in ids] if unknown == "paper" else []
+    used = known + rest
+    insist: Pool = [(q, q.answer) for q in used]
+    revise: Pool = [(q, None) for q in used]
+    info = {**summary({q.id: beliefs[q.id] for q in questions if q.id in beliefs}, by, margin),
+            "unknown": unknown, "n_known_used": len(known), "n_unknown_used": len(rest)}
+    return insist, revise, info
+
+
+def belief_records(beliefs: dict[str, Belief], by: str, margin: float) -> list[dict]:
+    """One row per item for the training log: the beliefs the data was built from."""
+    return [{**b.as_dict(), "known": is_known(b, by, margin)} for b in beliefs.values()]
+
+
+def knowledge_data(model, tokenizer, questions: Sequence[Question], templates, cfg, *,
+                   progress: bool = False) -> tuple[Pool, Pool, dict]:
+    """The base model's beliefs about ``questions`` (``model`` must still be the base) and
+    the pools ``cfg`` (a ``train.knowledge`` section) builds from them; the counts carry
+    every item's belief, so the training log records what the data was built from."""
+    from headsurgeon.model.beliefs import base_beliefs
+
+    readings = ("letter",) if cfg.by == "letter" else ("letter", "choice_text")
+    beliefs = base_beliefs(model, tokenizer, questions, templates, readings=readings,
+                           progress=progress)
+    insist, revise, info = knowledge_pools(questions, beliefs, by=cfg.by, margin=cfg.margin,
+                                           unknown=cfg.unknown)
+    info["beliefs"] = belief_records(beliefs, cfg.by, cfg.margin)
+    return insist, revise, info
