@@ -35,3 +35,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny(eval_tiny_dir):
+    """(model, tokenizer) of the session's tiny eval model."""
+    from headsurgeon.model.sources import load_model
+
+    model, tok, _ = load_model(str(eval_tiny_dir))
+    return model, tok

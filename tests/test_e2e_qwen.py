@@ -4,12 +4,11 @@ keeps, and exact freezing in the shipped checkpoint -- every weight outside the
 selected heads' slices byte-identical, and every q-bias entry of an unselected head too
 (the paper's code trains the whole layer's q bias on Qwen2)."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+
+from e2e_run import run_recipe
 
 RECIPE = """
 name: e2e-qwen
@@ -34,14 +33,7 @@ HEAD_DIM = 64
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("e2e_qwen")
-    recipe = d / "e2e.yaml"
-    recipe.write_text(RECIPE.replace("{out}", str(d / "run")))
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "headsurgeon", "run", str(recipe)],
-                          capture_output=True, text=True, env=env, timeout=3600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return d / "run"
+    return run_recipe(tmp_path_factory, "e2e_qwen", RECIPE, timeout=3600)
 
 
 def _tensors(path):

@@ -1,13 +1,11 @@
 """The reduced real-model pipeline: SmolLM2-135M-Instruct, small built-in sets, the whole
 `headsurgeon run` through the CLI, and the direction of every effect checked."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+
+from e2e_run import run_recipe
 
 RECIPE = """
 name: e2e
@@ -29,14 +27,7 @@ output_dir: {out}
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("e2e")
-    recipe = d / "e2e.yaml"
-    recipe.write_text(RECIPE.replace("{out}", str(d / "run")))
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "headsurgeon", "run", str(recipe)],
-                          capture_output=True, text=True, env=env, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return d / "run"
+    return run_recipe(tmp_path_factory, "e2e", RECIPE, timeout=1800)
 
 
 def test_outputs_exist(run_dir):

@@ -12,19 +12,11 @@ from headsurgeon.model.generation import generate, next_token_logprobs, pad_id
 from headsurgeon.model.kvrows import KVRows
 from headsurgeon.data.dialogue import encode
 
-from evalkit import build_eval_tiny, eval_tiny_dir, one_thread  # noqa: F401 - fixtures
+from evalkit import build_eval_tiny, eval_tiny_dir, one_thread, tiny  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROMPTS = ["Hello there, what is the answer?", "Short", "A much longer prompt that goes on"]
-
-
-@pytest.fixture(scope="module")
-def tiny(eval_tiny_dir):
-    from headsurgeon.model.sources import load_model
-
-    model, tok, _ = load_model(str(eval_tiny_dir))
-    return model, tok
 
 
 @pytest.fixture(scope="module")

@@ -11,18 +11,10 @@ from headsurgeon.data.questions import read_jsonl
 from headsurgeon.model.beliefs import Belief, base_beliefs, is_known, known_ids, summary
 from headsurgeon.train.knowledge import knowledge_pools
 
-from evalkit import eval_tiny_dir, one_thread  # noqa: F401 - fixtures
+from evalkit import eval_tiny_dir, one_thread, tiny  # noqa: F401 - fixtures
 from train_helpers import load, recipe_text, write_questions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny(eval_tiny_dir):
-    from headsurgeon.model.sources import load_model
-
-    model, tok, _ = load_model(str(eval_tiny_dir))
-    return model, tok
 
 
 @pytest.fixture(scope="module")

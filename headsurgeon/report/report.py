@@ -58,7 +58,14 @@ def check_goals(rows: dict[str, dict]) -> list[tuple[str, Optional[bool], str]]:
         out.append(("MC general accuracy within 1.5 points of base",
                     None if b is None or s is None else abs(s - b) <= 0.015,
                     f"SPT {_fmt(s)} vs base {_fmt(b)}"))
+    sel = spt.get("selectivity")
+    out.append(("Selectivity on known items (keeps right - keeps wrong) >= 0.5",
+                None if sel is None else sel >= 0.5, f"SPT {_fmt(sel)}"))
     if sft:
+        ss = sft.get("selectivity")
+        out.append(("Selectivity above full SFT's",
+                    None if sel is None or ss is None else sel > ss,
+                    f"SPT {_fmt(sel)} vs full SFT {_fmt(ss)}"))
         k, ks = spt.get("kl"), sft.get("kl")
         out.append(("KL(SPT) <= KL(full SFT) / 5",
                     None if k is None or ks is None else k <= ks / 5,
