@@ -35,6 +35,14 @@ def parse_size(v: str | int) -> int:
     return n
 
 
+def require_placeholders(text, *fields: str):
+    """``text`` unchanged if it contains every ``{field}``; else ValueError naming one."""
+    for f in fields:
+        if f not in text:
+            raise ValueError(f"must contain {f}")
+    return text
+
+
 class Strict(BaseModel):
     # allow_inf_nan: a NaN learning rate would otherwise fail as "less than or equal to 1"
     model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
@@ -139,24 +147,17 @@ class Templates(Strict):
     @field_validator("question")
     @classmethod
     def _has_fields(cls, v):
-        for f in ("{question}", "{options}"):
-            if f not in v:
-                raise ValueError(f"must contain {f}")
-        return v
+        return require_placeholders(v, "{question}", "{options}")
 
     @field_validator("first_answer")
     @classmethod
     def _has_letter(cls, v):
-        if "{letter}" not in v:
-            raise ValueError("must contain {letter}")
-        return v
+        return require_placeholders(v, "{letter}")
 
     @field_validator("first_answer_open")
     @classmethod
     def _has_answer(cls, v):
-        if "{answer}" not in v:
-            raise ValueError("must contain {answer}")
-        return v
+        return require_placeholders(v, "{answer}")
 
 
 class NdifSection(Strict):

@@ -12,34 +12,30 @@ import torch
 TINY_ARCHS = ("llama", "mistral", "qwen2", "gemma3", "gpt2", "gpt_neox", "phi3")
 
 _COMMON = dict(vocab_size=260, max_position_embeddings=2048)
+# the geometry every tiny decoder shares (4 heads of 8 over hidden 32, 3 layers)
+_DECODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                **_COMMON)
 
 
 def tiny_config(arch: str):
     import transformers as tf
 
     if arch == "llama":
-        return tf.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                              num_attention_heads=4, num_key_value_heads=2, **_COMMON)
+        return tf.LlamaConfig(num_key_value_heads=2, **_DECODER)
     if arch == "mistral":
-        return tf.MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                num_attention_heads=4, num_key_value_heads=1, **_COMMON)
+        return tf.MistralConfig(num_key_value_heads=1, **_DECODER)
     if arch == "qwen2":
-        return tf.Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                              num_attention_heads=4, num_key_value_heads=2, **_COMMON)
+        return tf.Qwen2Config(num_key_value_heads=2, **_DECODER)
     if arch == "gemma3":
-        return tf.Gemma3TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                   num_attention_heads=4, num_key_value_heads=1, head_dim=16,
-                                   sliding_window=16, layer_types=["sliding_attention",
-                                   "full_attention", "sliding_attention"], **_COMMON)
+        return tf.Gemma3TextConfig(num_key_value_heads=1, head_dim=16, sliding_window=16,
+                                   layer_types=["sliding_attention", "full_attention",
+                                                "sliding_attention"], **_DECODER)
     if arch == "gpt2":
         return tf.GPT2Config(n_embd=32, n_layer=3, n_head=4, vocab_size=260, n_positions=2048)
     if arch == "gpt_neox":
-        return tf.GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                num_attention_heads=4, rotary_pct=0.5, **_COMMON)
+        return tf.GPTNeoXConfig(rotary_pct=0.5, **_DECODER)
     if arch == "phi3":
-        return tf.Phi3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                             num_attention_heads=4, num_key_value_heads=2, pad_token_id=0,
-                             **_COMMON)
+        return tf.Phi3Config(num_key_value_heads=2, pad_token_id=0, **_DECODER)
     raise ValueError(f"no tiny config for {arch!r}; known: {', '.join(TINY_ARCHS)}")
 
 

@@ -27,9 +27,9 @@ class ModelJudge:
         @field_validator("prompt")
         @classmethod
         def _has_reply(cls, v):
-            if "{reply}" not in v:
-                raise ValueError("must contain {reply}")
-            return v
+            from headsurgeon.core.sections import require_placeholders
+
+            return require_placeholders(v, "{reply}")
 
     def __init__(self, params: "ModelJudge.Params"):
         self.params = params
