@@ -43,10 +43,10 @@ def derive(model: str, data: str, scale: float, out: Path, heads_from: Path | No
     doc["name"] = f"science-{model}-{data}"
     doc["output_dir"] = str(out / doc["name"])
     tr, ev, loc = doc["train"], doc["eval"], doc["locate"]
-    tr.pop("knowledge", None)
-    if data == "knowledge":
-        tr["knowledge"] = dict(KNOWLEDGE)
-    ev["known"] = {"by": "either"}
+    knowledge = tr.pop("knowledge", None) or dict(KNOWLEDGE)
+    if data == "knowledge":  # the recipe's rule (paper: the same recipe without it)
+        tr["knowledge"] = knowledge
+    ev.setdefault("known", {"by": knowledge["by"], "margin": knowledge.get("margin", 0.0)})
     ev.setdefault("baselines", ["full_sft"])
     if not baselines:
         ev["baselines"] = []
@@ -107,17 +107,22 @@ def main() -> int:
     ap.add_argument("--data", nargs="+", choices=["knowledge", "paper"], default=["knowledge"])
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "science")
+    ap.add_argument("--heads", type=Path, help=(
+        "a heads.json located with the same recipe (skips the first locate)"))
     ap.add_argument("--baselines-once", action="store_true", help=(
         "train full SFT only with the first --data (and locate once per model)"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     lines = []
+    if args.heads and len(args.models) != 1:
+        ap.error("--heads belongs to one model: pass one --models")
     for model in args.models:
-        first_heads = None
-        for data in args.data:
+        first_heads = args.heads.resolve() if args.heads else None
+        for i, data in enumerate(args.data):
+            reuse = first_heads is not None and (args.baselines_once or args.heads)
             recipe = derive(model, data, args.scale, args.out,
-                            heads_from=first_heads if args.baselines_once else None,
-                            baselines=first_heads is None or not args.baselines_once)
+                            heads_from=first_heads if reuse else None,
+                            baselines=i == 0 or not args.baselines_once)
             t0 = time.perf_counter()
             proc = subprocess.run([sys.executable, "-m", "headsurgeon", "run", str(recipe)],
                                   cwd=ROOT)

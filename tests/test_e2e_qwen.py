@@ -1,6 +1,7 @@
 """A reduced real run on the bundled Qwen2.5-Coder-0.5B-Instruct (GQA 7:1, q/k/v biases),
-the whole `headsurgeon run` through the CLI with knowledge-aware data: what the edit
-keeps, and exact freezing in the shipped checkpoint -- every weight outside the
+the whole `headsurgeon run` through the CLI with the recipe's method (knowledge-aware
+data, answer-first replies, the first-answer anchor): the direction of the effects, and
+exact freezing in the shipped checkpoint -- every weight outside the
 selected heads' slices byte-identical, and every q-bias entry of an unselected head too
 (the paper's code trains the whole layer's q bias on Qwen2)."""
 import json
@@ -22,8 +23,9 @@ data:
 locate: {method: attribution, metric: letter_gap, n_probes: 8, top_k: 4, k_max: 4,
          knockout_random_sets: 1, batch_size: 4, confirm_top: 0,
          self_knowledge: {n_items: 24, by: either, folds: 2}}
-train: {objective: sft, steps: 16, batch_size: 4, lr: 3e-3, revise_ratio: 0.5,
-        n_examples: 64, seed: 0, knowledge: {by: either, unknown: drop}}
+train: {objective: sft_anchor, steps: 16, batch_size: 4, lr: 3e-3, revise_ratio: 0.5,
+        n_examples: 64, seed: 0, reply_style: answer_first,
+        knowledge: {by: both, unknown: insist}}
 eval: {n_items: 16, modes: [correct, wrong], max_new_tokens: 16, kl_passages: 4,
        batch_size: 16, n_general: 40, known: {by: either}}
 output_dir: {out}
@@ -90,14 +92,16 @@ def test_exact_freezing_in_the_shipped_model(run_dir):
         assert int(name.split(".")[2]) in by_layer
 
 
-def test_what_the_reduced_edit_keeps(run_dir):
-    """What holds at this size (16 eval items): the edit stays close to the base (KL),
-    keeps right prefilled answers, and selectivity is measured on the base's known items.
-    Confidence does not rise here (0.06 -> 0.00 measured): see the report's verdict."""
+def test_direction_of_the_effects(run_dir):
+    """At this size (16 eval items): Confidence with the right answer prefilled rises
+    (the base admits a mistake in nearly every reply), the right answers are kept, the
+    edit stays close to the base (KL), and selectivity is measured on known items."""
     from headsurgeon.report.rows import model_row
 
     models = json.loads((run_dir / "metrics.json").read_text())["models"]
     base, spt = model_row(models["base"]), model_row(models["spt"])
+    assert base["conf_correct"] <= 0.2, base
+    assert spt["conf_correct"] >= base["conf_correct"] + 0.3, (base, spt)
     assert spt["truth_correct"] >= base["truth_correct"] - 0.1, (base, spt)
     assert spt["kl"] is not None and 0 < spt["kl"] < 0.5
     sel = models["spt"]["sycophancy"]["selectivity"]
@@ -108,7 +112,9 @@ def test_what_the_reduced_edit_keeps(run_dir):
 def test_knowledge_and_self_knowledge_are_recorded(run_dir):
     log = json.loads((run_dir / "delta.train.json").read_text())
     k = log["data"]["knowledge"]
-    assert k["by"] == "either" and k["unknown"] == "drop" and 0 < k["n_known"] <= 64
+    assert k["by"] == "both" and k["unknown"] == "insist" and 0 < k["n_known"] < 64
+    assert k["n_unknown_used"] == 64 - k["n_known_used"]  # insist dialogues only
+    assert log["data"]["revise_pool"] == k["n_known"] < log["data"]["insist_pool"] == 64
     assert len(k["beliefs"]) == 64
     sk = json.loads((run_dir / "heads.json").read_text())["self_knowledge"]
     assert sk["available"] and len(sk["by_layer"]["known"]) == 24

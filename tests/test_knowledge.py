@@ -39,8 +39,11 @@ def test_belief_readings_and_margins():
 
 def test_beliefs_equal_plain_forwards(tiny, questions):
     """The letter reading is the argmax over option letters after "The answer is (", the
-    text reading the option whose text has the best mean token log-likelihood: both
-    recomputed here with one plain forward per sequence."""
+    text reading the option whose text, written where the letter goes ("The answer is
+    Rome"), has the best summed token log-likelihood: both recomputed here with one plain
+    forward per sequence."""
+    from headsurgeon.model.kvrows import common_prefix
+
     model, tok = tiny
     t = Templates()
     beliefs = base_beliefs(model, tok, questions, t, batch_size=5)
@@ -55,17 +58,17 @@ def test_beliefs_equal_plain_forwards(tiny, questions):
         assert b.letter == "ABCD"[int(lp.argmax())]
         top2 = lp.topk(2).values
         assert b.letter_margin == pytest.approx(float(top2[0] - top2[1]), abs=1e-4)
-        means = []
-        for k, letter in enumerate(q.letters):
-            head = render(tok, [{"role": "user", "content": format_question(q, t)}],
-                          f"The answer is ({letter}) ")
-            h, f = encode(tok, head), encode(tok, head + q.choices[k].strip())
+        sums = []
+        head = render(tok, [{"role": "user", "content": format_question(q, t)}],
+                      "The answer is ")
+        for k in range(len(q.letters)):
+            f = encode(tok, head + q.choices[k].strip())
+            start = max(min(common_prefix(encode(tok, head), f), len(f) - 1), 1)
             with torch.no_grad():
                 lo = torch.log_softmax(model(torch.tensor([f])).logits[0].float(), -1)
-            means.append(sum(float(lo[j - 1, f[j]]) for j in range(len(h), len(f)))
-                         / (len(f) - len(h)))
-        assert b.text_letter == "ABCD"[max(range(4), key=means.__getitem__)]
-        srt = sorted(means, reverse=True)
+            sums.append(sum(float(lo[j - 1, f[j]]) for j in range(start, len(f))))
+        assert b.text_letter == "ABCD"[max(range(4), key=sums.__getitem__)]
+        srt = sorted(sums, reverse=True)
         assert b.text_margin == pytest.approx(srt[0] - srt[1], abs=1e-3)
     s = summary(beliefs, "letter")
     assert s["n"] == len(questions)
@@ -84,6 +87,10 @@ def test_knowledge_pools_policy(questions):
     assert info["n_known_used"] == len(known) and info["n_unknown_used"] == 0
     insist, revise, info = knowledge_pools(questions, beliefs, by="letter", unknown="paper")
     assert len(insist) == len(revise) == len(questions) and info["n_unknown_used"] == 8
+    # insist: unknown items are kept when right, never taught to be given up
+    insist, revise, info = knowledge_pools(questions, beliefs, by="letter", unknown="insist")
+    assert len(insist) == len(questions) and {q.id for q, _ in revise} == known
+    assert all(first == q.answer for q, first in insist) and info["n_unknown_used"] == 8
     with pytest.raises(ValueError):
         knowledge_pools(questions, beliefs, by="letter", unknown="guess")
 

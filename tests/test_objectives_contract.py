@@ -26,7 +26,7 @@ OBJECTIVES = sorted(plugins.registry("objectives"))
 
 
 def test_builtins_are_registered():
-    assert {"sft", "sft_kl", "lora_heads", "consistency", "full_sft", "lora",
+    assert {"sft", "sft_kl", "sft_anchor", "lora_heads", "consistency", "full_sft", "lora",
             "random_heads"} <= set(OBJECTIVES)
 
 
@@ -85,7 +85,8 @@ def test_objective_contract(name, setting, tmp_path):
     fresh.load_state_dict(merged, strict=False)
     with torch.no_grad():
         merged_logits = fresh(input_ids=ids).logits
-    exact = name in ("sft", "sft_kl", "lora_heads", "consistency", "random_heads")
+    exact = name in ("sft", "sft_kl", "sft_anchor", "lora_heads", "consistency",
+                     "random_heads")
     if exact:  # the in-memory model IS base + delta under the shared merge rule
         assert torch.equal(merged_logits, trained_logits)
     else:      # whole-tensor deltas: float rounding of (trained - base) + base

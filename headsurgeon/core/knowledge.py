@@ -39,9 +39,10 @@ class TrainKnowledge(_Strict):
     by: BeliefReading = Field("letter", description="reading of the belief: " + _READINGS)
     margin: float = Field(0.0, ge=0, le=100, description=(
         "a reading counts only with at least this log-prob gap to the runner-up"))
-    unknown: Literal["drop", "paper"] = Field("drop", description=(
-        "items whose belief is not the right answer: drop them, or train them as the "
-        "paper does (insist on gold, revise a random wrong letter)"))
+    unknown: Literal["drop", "paper", "insist"] = Field("drop", description=(
+        "items whose belief is not the right answer: drop them, train them as the paper "
+        "does (insist on gold, revise a random wrong letter), or insist only (a bare "
+        "challenge carries no evidence: keep a right answer, never learn to drop one)"))
 
 
 class SelfKnowledge(_Strict):

@@ -4,9 +4,13 @@ Two readings of the model's own unprompted answer (question -> "The answer is ("
 
 - ``letter``: the option letter with the highest next-token probability; its margin is
   the log-probability gap between the top two letters;
-- ``choice_text``: the option whose TEXT (after "The answer is (X) ") has the highest
-  mean token log-likelihood; margin = gap between the top two means. It reads knowledge
-  without the model's letter preferences (a small model often favours one letter).
+- ``choice_text``: the option whose TEXT, written where the letter would go ("The answer
+  is Rome", the first answer's prefix without its opening bracket), has the highest
+  summed token log-likelihood; margin = gap between the top two sums. It reads knowledge
+  without the model's letter preferences (a small model often favours one letter). The
+  text is NOT scored after its letter: after "(D) " the option list in the prompt makes
+  every text near-certain (copying), and that reading measured copying, not knowledge
+  (Qwen2.5-Coder-0.5B, 120 built-in items: 0.29 right after the letter, 0.53 without).
 
 An item is *known* when the chosen reading(s) name the right answer with at least the
 margin (:func:`is_known`). Train (knowledge-aware data), eval (selectivity on known items)
@@ -86,6 +90,7 @@ def base_beliefs(model, tokenizer, questions: Sequence[Question], t, *,
     from headsurgeon.model.kvrows import KVRows, common_prefix
 
     prefix = t.first_answer.split("{letter}", 1)[0]
+    text_prefix = prefix[:-1] if prefix.endswith("(") else prefix
     qs = [q for q in questions if q.is_mc]
     out: dict[str, Belief] = {}
     pad = pad_id(tokenizer)
@@ -103,13 +108,12 @@ def base_beliefs(model, tokenizer, questions: Sequence[Question], t, *,
             letters.append((q.letters[k], gap))
         texts: list[tuple[Optional[str], Optional[float]]] = [(None, None)] * len(chunk)
         if "choice_text" in readings:
-            means: list[list[float]] = [[] for _ in chunk]
+            scores: list[list[float]] = [[] for _ in chunk]
             for k in range(max(len(q.choices) for q in chunk)):
                 targets, froms = [], []
                 for b, q in zip(base, chunk):
                     kk = min(k, len(q.choices) - 1)
-                    head = render(tokenizer, _prompt(tokenizer, q, t), prefix
-                                  + f"{q.letters[kk]}) ")
+                    head = render(tokenizer, _prompt(tokenizer, q, t), text_prefix)
                     full = encode(tokenizer, head + q.choices[kk].strip())
                     targets.append(full)
                     froms.append(max(min(common_prefix(encode(tokenizer, head), full),
@@ -117,9 +121,9 @@ def base_beliefs(model, tokenizer, questions: Sequence[Question], t, *,
                 _, sums = rows.advance(targets, score_from=froms)
                 for r, q in enumerate(chunk):
                     if k < len(q.choices):
-                        means[r].append(float(sums[r]) / max(1, len(targets[r]) - froms[r]))
+                        scores[r].append(float(sums[r]))
             texts = [(q.letters[k], gap) for q, (k, gap) in
-                     zip(chunk, (_gap(m) for m in means))]
+                     zip(chunk, (_gap(m) for m in scores))]
         for q, (letter, lgap), (tl, tgap) in zip(chunk, letters, texts):
             out[q.id] = Belief(q.id, q.answer, letter, lgap, tl, tgap)
     return out

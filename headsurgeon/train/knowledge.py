@@ -7,7 +7,10 @@ unprompted belief (:mod:`headsurgeon.model.beliefs`) decides:
 
 - belief = the right answer: insist when the right answer is prefilled, revise when a
   wrong one is (the revise target is then the model's own belief too);
-- otherwise (``unknown``): ``drop`` the item, or ``paper``: both kinds, as the paper.
+- otherwise (``unknown``): ``drop`` the item, ``paper``: both kinds, as the paper, or
+  ``insist``: insist dialogues only. A bare "are you sure?" carries no evidence, so where
+  the model has no belief of its own the honest move is to keep the answer; revising
+  there would teach it to give up answers at random.
 """
 from __future__ import annotations
 
@@ -23,14 +26,14 @@ def knowledge_pools(questions: Sequence[Question], beliefs: dict[str, Belief], *
                     margin: float = 0.0, unknown: str = "drop") -> tuple[Pool, Pool, dict]:
     """(insist pool, revise pool, counts). A revise entry's first letter is None: a wrong
     letter is drawn per dialogue (any wrong letter differs from a right belief)."""
-    if unknown not in ("drop", "paper"):
+    if unknown not in ("drop", "paper", "insist"):
         raise ValueError(f"unknown policy {unknown!r}")
     known = [q for q in questions if q.id in beliefs and is_known(beliefs[q.id], by, margin)]
     ids = {q.id for q in known}
-    rest = [q for q in questions if q.id not in ids] if unknown == "paper" else []
+    rest = [q for q in questions if q.id not in ids] if unknown != "drop" else []
     used = known + rest
     insist: Pool = [(q, q.answer) for q in used]
-    revise: Pool = [(q, None) for q in used]
+    revise: Pool = [(q, None) for q in (used if unknown == "paper" else known)]
     info = {**summary({q.id: beliefs[q.id] for q in questions if q.id in beliefs}, by, margin),
             "unknown": unknown, "n_known_used": len(known), "n_unknown_used": len(rest)}
     return insist, revise, info

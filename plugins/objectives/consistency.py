@@ -54,6 +54,30 @@ def last_logits(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
                  logits_to_keep=1).logits[:, -1].float()
 
 
+def cached_base_letters(cache: dict, model, trainable, keys: list, inputs: tuple,
+                        letter_ids: list) -> list[torch.Tensor]:
+    """The frozen base's log-probs over each row's option letters at its last position,
+    computed once per cache key (the base never changes during training)."""
+    missing = [i for i, k in enumerate(keys) if k not in cache]
+    if missing:
+        ids, mask = inputs
+        with torch.no_grad(), trainable.base():
+            logits = last_logits(model, ids[missing], mask[missing])
+        for row, i in zip(logits, missing):
+            cache[keys[i]] = F.log_softmax(row[letter_ids[i]], -1).cpu()
+    return [cache[k] for k in keys]
+
+
+def letter_kl(logits: torch.Tensor, letter_ids: list, reference: list) -> torch.Tensor:
+    """Mean over rows of KL(reference || model) over each row's option letters."""
+    kls = []
+    for row, ids, ref in zip(logits, letter_ids, reference):
+        logp = F.log_softmax(row[ids], -1)
+        ref = ref.to(logp.device)
+        kls.append((ref.exp() * (ref - logp)).sum())
+    return torch.stack(kls).mean()
+
+
 class Consistency:
     name = "consistency"
     needs_heads = True
@@ -100,25 +124,12 @@ class Consistency:
                           for d in dialogues], sft, teacher_ids=teacher_ids)
 
     def _teacher_logp(self, model, trainable, batch: PairBatch) -> list[torch.Tensor]:
-        missing = [i for i, k in enumerate(batch.keys) if k not in self._teacher]
-        if missing:
-            with torch.no_grad(), trainable.base():
-                ids, mask = batch.neutral
-                logits = last_logits(model, ids[missing], mask[missing])
-            for row, i in zip(logits, missing):
-                ids = (batch.teacher_ids or batch.letter_ids)[i]
-                self._teacher[batch.keys[i]] = F.log_softmax(row[ids], -1).cpu()
-        return [self._teacher[k] for k in batch.keys]
+        return cached_base_letters(self._teacher, model, trainable, batch.keys,
+                                   batch.neutral, batch.teacher_ids or batch.letter_ids)
 
     def loss(self, ctx, model, trainable, batch: PairBatch, params):
         teacher = self._teacher_logp(model, trainable, batch)
-        logits = last_logits(model, *batch.challenge)
-        kls = []
-        for row, ids, t_logp in zip(logits, batch.letter_ids, teacher):
-            s_logp = F.log_softmax(row[ids], -1)
-            t_logp = t_logp.to(s_logp.device)
-            kls.append((t_logp.exp() * (t_logp - s_logp)).sum())
-        kl = torch.stack(kls).mean()
+        kl = letter_kl(last_logits(model, *batch.challenge), batch.letter_ids, teacher)
         total, parts = params.kl_weight * kl, {"kl": float(kl.detach())}
         if batch.sft is not None:
             ce = lm_loss(model, batch.sft)
