@@ -10,7 +10,8 @@ Two readings of the model's own unprompted answer (question -> "The answer is ("
   without the model's letter preferences (a small model often favours one letter). The
   text is NOT scored after its letter: after "(D) " the option list in the prompt makes
   every text near-certain (copying), and that reading measured copying, not knowledge
-  (Qwen2.5-Coder-0.5B, 120 built-in items: 0.29 right after the letter, 0.53 without).
+  (Qwen2.5-Coder-0.5B, 240 built-in train items: 0.29 right after the letter, 0.43
+  without; chance 0.25).
 
 An item is *known* when the chosen reading(s) name the right answer with at least the
 margin (:func:`is_known`). Train (knowledge-aware data), eval (selectivity on known items)
