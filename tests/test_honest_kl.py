@@ -166,3 +166,45 @@ def test_a_sweep_without_items_beyond_the_report_is_refused(tiny_dirs, tmp_path)
         selection_items(recipe)
     assert str(e.value).startswith(f"{tmp_path / 'sw.yaml'}:10: sweep.n_items: the sweep "
                                    "needs at least 4 validation items beyond the 6")
+
+
+def test_a_sweep_with_belief_known_items_runs_and_scores_only_those(
+        tiny_dirs, tmp_path, monkeypatch):
+    """eval.known read from beliefs: the sweep measures only the validation items the base
+    knows (the only ones scored), and each point's numbers are the report's selectivity
+    entry on exactly those items."""
+    import headsurgeon.evaluate.run as ev
+    from headsurgeon.core.recipe import load_recipe
+    from headsurgeon.model.beliefs import base_beliefs, known_ids
+    from headsurgeon.model.sources import load_model
+    from headsurgeon.sweep import run_sweep, selection_items
+
+    p = tmp_path / "sw.yaml"
+    p.write_text(SWEEP.format(model=tiny_dirs["llama"], n_eval=40).replace(
+        "eval: {n_items: 6, max_new_tokens: 4}",
+        "eval: {n_items: 6, max_new_tokens: 4, known: {by: letter}}").replace(
+        "n_items: 5", "n_items: 30"))
+    recipe = load_recipe(p)
+    pool = selection_items(recipe)
+    model, tok, _ = load_model(str(tiny_dirs["llama"]))
+    known = known_ids(base_beliefs(model, tok, pool, recipe.templates, readings=("letter",)),
+                      "letter")
+    assert 0 < len(known) < len(pool)
+    measured, real = [], ev.evaluate_model
+
+    def spy(model, tok, r, items, **kw):
+        out = real(model, tok, r, items, **kw)
+        measured.append(([q.id for q in items], out["sycophancy"]["selectivity"]))
+        return out
+    monkeypatch.setattr(ev, "evaluate_model", spy)
+    doc = run_sweep(recipe, tmp_path / "run", [[0, 1], [1, 2]], progress=False)
+    assert len(measured) == 3 and doc["known_by"] == "letter"
+    assert doc["n_known"] == len(known) and doc["n_items"] == len(pool)
+    order = [q.id for q in pool if q.id in known]
+    assert doc["selection"]["measured_ids"] == order
+    for (ids, sel), point in zip(measured, doc["points"]):
+        assert ids == order and sel["n_known"] == len(known)
+        assert point["keeps_right"] == sel["keeps_right"]
+        assert point["kept_wrong"] == sel["keeps_wrong"]
+        assert point["correction"] == sel["correction"]
+        assert point["selectivity"] == sel["selectivity"]

@@ -148,3 +148,38 @@ def test_consistency_unprompted_teacher_has_no_first_answer(tiny, questions):
         assert t.neutral in tok.decode(n_ids) and n_ids != ids
         assert un.keys[row] == (d.qid, None) and ne.keys[row] == (d.qid, d.first_letter)
     assert pad is not None
+
+
+def test_a_second_training_plan_reads_the_run_beliefs_cache(tmp_path, eval_tiny_dir,
+                                                            monkeypatch):
+    """Every baseline and sweep point of a run trains on the same base beliefs: the second
+    build reads them from the run's cache (no forward), identical to the first; other
+    templates (another key) are computed again, and a tampered file is not trusted."""
+    import headsurgeon.model.beliefs as mb
+    from headsurgeon.model.sources import load_model
+    from headsurgeon.train.run import build_training_data, plan_training
+
+    qfile = write_questions(tmp_path / "train.jsonl", 16)
+    rpath = tmp_path / "r.yaml"
+    rpath.write_text(recipe_text(eval_tiny_dir, qfile, extra_train=(
+        "knowledge: {by: either, unknown: drop}")) + f"output_dir: {tmp_path / 'run'}\n")
+    model, tok, _ = load_model(str(eval_tiny_dir))
+    calls = []
+    real = mb.base_beliefs
+    monkeypatch.setattr(mb, "base_beliefs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    plan = plan_training(load(rpath))
+    first = build_training_data(plan, model, tok, progress=False)[2]["knowledge"]
+    files = list((tmp_path / "run" / "cache").glob("beliefs-*.json"))
+    assert len(calls) == 1 and len(files) == 1
+    second = build_training_data(plan_training(load(rpath)), model, tok,
+                                 progress=False)[2]["knowledge"]
+    assert len(calls) == 1 and second == first
+    other = plan_training(load(rpath))
+    other.recipe.templates = Templates(challenge="Really? Think again.")
+    build_training_data(other, model, tok, progress=False)
+    assert len(calls) == 2 and len(list(files[0].parent.glob("beliefs-*.json"))) == 2
+    doc = json.loads(files[0].read_text())
+    doc["key"] = "0" * 64
+    files[0].write_text(json.dumps(doc))
+    assert build_training_data(plan, model, tok, progress=False)[2]["knowledge"] == first
+    assert len(calls) == 3 and json.loads(files[0].read_text())["key"] != "0" * 64

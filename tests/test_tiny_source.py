@@ -90,7 +90,7 @@ def test_tiny_smoke_validates_on_a_fresh_cache(tmp_path, monkeypatch):
                                 env={"HEADSURGEON_CACHE": str(tmp_path / "cache")})
     assert (result.exit_code, result.stderr) == (0, ""), result.output
     assert result.stdout.splitlines()[0] == f"{recipe}: ok"
-    assert "  model_geometry: 3 layers x 4 heads (2 KV), head_dim 8, arch llama" in \
+    assert "  model_geometry: 3 layers x 4 heads (2 KV), head_dim 8, model type llama, head layout llama" in \
         result.stdout.splitlines()
     assert (tmp_path / "cache" / "tiny" / "llama" / "model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # nothing else written

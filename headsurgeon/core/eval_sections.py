@@ -128,6 +128,9 @@ class SweepPoint(BaseModel):
 class SweepSection(Strict):
     points: list[SweepPoint] = Field(default_factory=list, description=(
         "the points to train and compare (empty: no sweep)"))
-    n_items: int = Field(60, ge=4, description="data.eval items each point is measured on")
+    n_items: int = Field(60, ge=4, description=(
+        "validation items: data.eval items after the eval.n_items the report evaluates; "
+        "scored on the base's known items (eval.known), and only those are run when "
+        "eval.known reads beliefs"))
     max_correction_drop: float = Field(0.05, ge=0, le=1, description=(
         "a point may lose at most this much Correction (known items) against the base"))

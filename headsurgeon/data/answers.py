@@ -105,9 +105,3 @@ def open_answer_text(text: str, q: Question) -> Optional[str]:
 
 def format_number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
-def best_by_mean(scores: Sequence[tuple[float, int]]) -> int:
-    """Index of the highest mean per-token log-likelihood (ties: first)."""
-    means = [s / max(n, 1) for s, n in scores]
-    return max(range(len(means)), key=lambda i: (means[i], -i))

@@ -283,23 +283,27 @@ def _run_batch(ctx: _Ctx, items, idx, modes, own, own_text, results, timings) ->
 
 
 def _choice_text(ctx: _Ctx, rows: KVRows, finals, qs: Sequence[Question]) -> list[str]:
-    """Per row, the option whose "X) text" after the final prefix has the highest mean
-    token log-likelihood."""
+    """Per row, the option whose TEXT, written where the final letter goes ("The answer is
+    Rome": the final prefix without its opening bracket), has the highest summed token
+    log-likelihood -- the reading model/beliefs.py makes of the first answer. Not the text
+    after its letter: after "(D) " the option list in the prompt makes any text near-certain,
+    so that reading copies the letter."""
     t = ctx.t
-    base = [ctx.ids(f, t.final_prefix) for f in finals]
-    scores: list[list[tuple[float, int]]] = [[] for _ in qs]
+    prefix = t.final_prefix[:-1] if t.final_prefix.endswith("(") else t.final_prefix
+    heads = [ctx.ids(f, prefix) for f in finals]
+    scores: list[list[float]] = [[] for _ in qs]
     for k in range(max(len(q.choices) for q in qs)):
         targets, froms = [], []
-        for f, b, q in zip(finals, base, qs):
+        for f, h, q in zip(finals, heads, qs):
             kk = k if k < len(q.choices) else 0
-            full = ctx.ids(f, t.final_prefix + f"{q.letters[kk]}) {q.choices[kk]}")
+            full = ctx.ids(f, prefix + q.choices[kk].strip())
             targets.append(full)
-            froms.append(max(common_prefix(b, full), 1))
+            froms.append(max(min(common_prefix(h, full), len(full) - 1), 1))
         _, sums = rows.advance(targets, score_from=froms)
         for r, q in enumerate(qs):
             if k < len(q.choices):
-                scores[r].append((sums[r], len(targets[r]) - froms[r]))
-    return [LETTERS[answers.best_by_mean(sc)] for sc in scores]
+                scores[r].append(float(sums[r]))
+    return [LETTERS[max(range(len(sc)), key=sc.__getitem__)] for sc in scores]
 
 
 def examples(items: Sequence[Question], results: Sequence[ItemResult],

@@ -179,10 +179,11 @@ def build_training_data(plan: Plan, model, tokenizer, *, progress: bool = True):
                                  items=items)
     knowledge = None
     if t.knowledge is not None:  # the base's beliefs decide what each dialogue teaches
-        from headsurgeon.train.knowledge import knowledge_data
-        insist, revise, knowledge = knowledge_data(model, tokenizer, plan.questions,
-                                                   recipe.templates, t.knowledge,
-                                                   progress=progress)
+        from headsurgeon.train.knowledge import knowledge_data, model_files_key
+        insist, revise, knowledge = knowledge_data(
+            model, tokenizer, plan.questions, recipe.templates, t.knowledge,
+            progress=progress, cache_dir=recipe.run_dir() / "cache",
+            model_key=model_files_key(plan.resolved.path))
     if not insist and not revise:
         raise recipe.error("data.train", "no usable training questions (the model answers "
                                          "none correctly, and train.items is 'known' or "
