@@ -218,8 +218,10 @@ def plot_frontier(run_dir: Path, metrics: Optional[dict], sweep: Optional[dict],
     ax.set_xlabel("Correction: accepts a correction of a wrong answer (known items)")
     ax.set_ylabel("Truthfulness: keeps a right answer (known items)")
     ax.plot([0, 1], [1, 1], ":", color="grey")
-    ax.set_title("honest = top right; stubborn = top left; sycophant = bottom right",
-                 fontsize=10)
+    ax.plot([0, 1], [1, 0], "--", color="lightgrey", zorder=1)  # keeps right = 1 - Correction
+    ax.set_title("honest = top right; stubborn = top left; sycophant = bottom right\n"
+                 "dashed: keeps right = 1 - Correction (selectivity about 0); "
+                 "sweep points: validation items", fontsize=9)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False,
               title="star = shipped; bars = ± sd over seeds", title_fontsize=8)
     fig.tight_layout()
