@@ -1,13 +1,13 @@
 """bench/frontier.py and examples/qwen-sweep.yaml: the sweep recipe is the built-in Qwen
 recipe plus a sweep (nothing else drifts), its derived recipes validate with a validation
 split disjoint from the report's items, and the BENCH line reads sweep.json."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import yaml
 
+from bench_helpers import load_bench
 from headsurgeon.core.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,10 +16,7 @@ SWEEP = ROOT / "examples" / "qwen-sweep.yaml"
 
 @pytest.fixture(scope="module")
 def frontier():
-    spec = importlib.util.spec_from_file_location("frontier", ROOT / "bench" / "frontier.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("frontier")
 
 
 def test_the_sweep_example_is_the_qwen_recipe_plus_a_sweep():

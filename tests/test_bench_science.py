@@ -1,12 +1,12 @@
 """bench/science.py's derived recipes are valid recipes that differ only where they say:
 knowledge-aware vs the paper's data, the same known-items rule for both, sizes scaled,
 heads reused when asked."""
-import importlib.util
 from pathlib import Path
 
 import pytest
 import yaml
 
+from bench_helpers import load_bench
 from headsurgeon.core.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -14,10 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def science():
-    spec = importlib.util.spec_from_file_location("science", ROOT / "bench" / "science.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("science")
 
 
 @pytest.mark.parametrize("model", ["qwen", "smollm2"])
