@@ -1,11 +1,15 @@
 """SPT vs full SFT vs peft LoRA: step time, trainable parameters, optimiser state.
 
-All three run the train stage's own objective plugins on the SAME batches (challenge
+All run the train stage's own objective plugins on the SAME batches (challenge
 dialogues from the shared data), steps interleaved round-robin so background load hits
 them alike; the median step time counts
-(CPU seconds of this process, the wall-clock ratio printed beside it). Last line:
+(CPU seconds of this process, the wall-clock ratio printed beside it). SPT is timed
+twice, side by side: with the frozen-prefix cache (``train.prefix_cache: auto``, the
+default; train/prefix_cache.py) and without it. The cached SPT step is the step of a
+dialogue seen before (every training dialogue after its first use); the one-time cost
+of computing the prefix is printed apart, per dialogue. Last line:
 
-    BENCH train spt_over_sft_step=X trainable_share=X optimizer_share=X
+    BENCH train spt_over_sft_step=X spt_over_sft_step_nocache=X trainable_share=X optimizer_share=X
 
     python bench/train.py [--model smollm2-135m-instruct] [--heads heads.json | --random] [--k 12]
 
@@ -73,7 +77,8 @@ def batches(tok, model, n_batches: int, batch_size: int, data: Path):
 
 
 class Runner:
-    def __init__(self, name: str, source: str, heads: list, seed: int = 0, label: str = ""):
+    def __init__(self, name: str, source: str, heads: list, seed: int = 0, label: str = "",
+                 cache: bool = False):
         self.name = label or name
         model, tok, rm = load_model(source, attn_implementation="sdpa")
         hm = HeadMap.from_model(model)
@@ -83,6 +88,13 @@ class Runner:
                                     set(read_checkpoint_index(rm.path)))
         self.trainable = self.obj.trainable(self.ctx, self.params)
         self.trainable.model.train()
+        self.cache = None
+        if cache:  # as run_training installs it
+            from headsurgeon.train.prefix_cache import prefix_cache_for
+
+            self.cache = prefix_cache_for(self.trainable, hm).install()
+            if not self.cache.enabled:
+                raise SystemExit(f"{self.name}: no prefix cache ({self.cache.reason})")
         self.opt = torch.optim.AdamW(self.trainable.parameters(), lr=1e-5, betas=(0.9, 0.95),
                                      weight_decay=0.1)
         self.times: list[float] = []
@@ -101,6 +113,14 @@ class Runner:
         self.times.append(dt)
         self.walls.append(time.perf_counter() - w0)
         return dt
+
+    def fill(self, batches) -> tuple[float, int]:
+        """Compute the prefix of every batch's rows once (CPU seconds, rows)."""
+        t0, rows = time.process_time(), 0
+        with torch.no_grad():
+            for b in batches:
+                rows += self.cache.fill(input_ids=b.input_ids, attention_mask=b.attention_mask)
+        return time.process_time() - t0, rows
 
     def optimizer_bytes(self) -> int:
         return sum(v.numel() * v.element_size() for st in self.opt.state.values()
@@ -129,19 +149,26 @@ def main(argv=None) -> int:
         where = f"top {args.k} of an attribution screen (16 probes)"
     layers = sorted({h[0] for h in heads})
     print(f"heads {heads} (layers {layers[0]}-{layers[-1]})", file=sys.stderr)
-    runners = [Runner(n, args.model, heads) for n in ("sft", "full_sft", "lora")]
+    runners = [Runner("sft", args.model, heads, cache=True),
+               Runner("sft", args.model, heads, label="sft_nocache"),
+               Runner("full_sft", args.model, heads), Runner("lora", args.model, heads)]
     if args.random:
         from headsurgeon.model.sources import resolve_model
 
         cfg = json.loads((resolve_model(args.model).path / "config.json").read_text())
         rnd = [list(h) for h in sorted(random.Random(0).sample(HeadMap.from_config(cfg)
                                                                  .all_heads(), len(heads)))]
-        runners.append(Runner("sft", args.model, rnd, label="sft_random"))
+        runners.append(Runner("sft", args.model, rnd, label="sft_random", cache=True))
     data = batches(runners[0].ctx.tokenizer, runners[0].ctx.model, args.steps + 1,
                    args.batch_size, args.data)
     print(f"model {args.model}; heads: {where}; batch {args.batch_size} dialogues x "
           f"{data[0].input_ids.shape[1]} tokens (padded); {args.steps} timed steps",
           file=sys.stderr)
+    for r in runners:
+        if r.cache is not None:
+            cpu, rows = r.fill(data)
+            print(f"{r.name}: prefix below layer {r.cache.layer} computed once for {rows} "
+                  f"dialogues: {cpu / max(rows, 1):.3f} cpu s per dialogue", file=sys.stderr)
     for i, batch in enumerate(data):
         for r in runners:
             r.step(batch)
@@ -152,16 +179,19 @@ def main(argv=None) -> int:
     wall = {r.name: statistics.median(r.walls) for r in runners}
     n = {r.name: r.trainable.n_trainable for r in runners}
     ob = {r.name: r.optimizer_bytes() for r in runners}
-    print(f"{'method':<10} {'cpu s':>8} {'wall s':>8} {'trainable':>12} {'share':>8} "
+    print(f"{'method':<12} {'cpu s':>8} {'wall s':>8} {'trainable':>12} {'share':>8} "
           f"{'optim bytes':>12}")
     for r in runners:
-        print(f"{r.name:<10} {med[r.name]:>8.3f} {wall[r.name]:>8.3f} {n[r.name]:>12,} "
+        print(f"{r.name:<12} {med[r.name]:>8.3f} {wall[r.name]:>8.3f} {n[r.name]:>12,} "
               f"{n[r.name] / n['full_sft']:>8.4f} {ob[r.name]:>12,}")
     print(f"peft LoRA step / full SFT step: {med['lora'] / med['full_sft']:.3f} cpu, "
           f"{wall['lora'] / wall['full_sft']:.3f} wall")
-    print(f"SPT step / full SFT step: {med['sft'] / med['full_sft']:.3f} cpu, "
-          f"{wall['sft'] / wall['full_sft']:.3f} wall (median of {args.steps} steps each)")
+    for name, what in (("sft_nocache", "without"), ("sft", "with")):
+        print(f"SPT step {what} the prefix cache / full SFT step: "
+              f"{med[name] / med['full_sft']:.3f} cpu, {wall[name] / wall['full_sft']:.3f} wall "
+              f"(median of {args.steps} steps each)")
     print(f"BENCH train spt_over_sft_step={med['sft'] / med['full_sft']:.3f} "
+          f"spt_over_sft_step_nocache={med['sft_nocache'] / med['full_sft']:.3f} "
           f"trainable_share={n['sft'] / n['full_sft']:.5f} "
           f"optimizer_share={ob['sft'] / ob['full_sft']:.5f}")
     return 0

@@ -36,14 +36,14 @@ def check_data(recipe: Recipe, command: str = "validate"):
 def validate(recipe_path: str | Path) -> dict:
     """Everything that can be checked without running: schema, plugins, model, heads,
     and every data source (exists, parses, schema, counts, disjoint splits)."""
+    from headsurgeon.model.placement import check_recipe_device
+
     recipe = _recipe(recipe_path)
     data = check_data(recipe)  # before the model: resolving one may convert or build it
+    check_recipe_device(recipe)
+    # head_map -> model_dir runs the one model-source consistency check (as before every
+    # stage): config.json against the tensors the shards hold, headers only
     hm = head_map(recipe)
-    if not recipe.locate.remote:  # local weights: headers and shapes, nothing allocated
-        from headsurgeon.model.sources import check_weights, resolve_model
-
-        check_weights(resolve_model(recipe.model.source,
-                                    allow_pickle=recipe.model.allow_pickle).path)
     if recipe.heads is not None:
         selected_heads(recipe, hm)
         try:
@@ -120,12 +120,22 @@ def export_gguf(directory, out, *, outtype: str = "f16", force: bool = False) ->
     return run_export(directory, out, outtype=outtype, force=force)
 
 
+def export_lora(source, lora=None, lora_gguf=None, *, base: Optional[str] = None,
+                force: bool = False) -> dict:
+    """The edit of a run directory, applied model directory or delta file as an exact LoRA
+    adapter: a peft directory (``lora``) and/or a llama.cpp GGUF LoRA (``lora_gguf``)."""
+    from headsurgeon.apply.export_lora import export_lora as run_export
+
+    return run_export(source, lora, lora_gguf, base=base, force=force)
+
+
 def push(directory, repo: str, *, private: bool = False, dry_run: bool = False,
-         commit_message: Optional[str] = None) -> dict:
-    """Upload a model directory and its card to the Hub (``dry_run``: only the plan)."""
+         commit_message: Optional[str] = None, lora: bool = False) -> dict:
+    """Upload a model directory and its card to the Hub (``dry_run``: only the plan);
+    ``lora``: a LoRA adapter directory written by ``export --lora``."""
     from headsurgeon.apply import hub
 
-    plan = hub.plan_push(directory, repo, private=private)
+    plan = hub.plan_push(directory, repo, private=private, lora=lora)
     out = plan.summary() | {"dry_run": dry_run, "token": hub.token_source(), "commit": None}
     if not dry_run:
         out["commit"] = hub.push(plan, commit_message=commit_message)

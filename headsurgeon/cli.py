@@ -1,6 +1,7 @@
 """The ``headsurgeon`` command: parse, call the Python API, print. No logic lives here.
 
-Exit codes: 0 ok, 1 runtime failure, 2 usage or validation error. Errors are one line;
+Exit codes (headsurgeon/core/errors.py): 0 ok, 1 runtime failure, 2 usage or validation
+error, 3 a check (``inspect``) ran to the end and its verdict is NOT OK. Errors are one line;
 ``HEADSURGEON_DEBUG=1`` adds the traceback.
 """
 from __future__ import annotations
@@ -22,7 +23,47 @@ device_opt = click.option("--device", help="auto, cpu, cuda, cuda:N or mps (defa
                                            "recipe's model.device, auto: the GPU if any).")
 
 
+_OUTPUT_FLAGS = ("-q", "--quiet", "-v", "--verbose")
+
+
 class _Group(click.Group):
+    """Plugin commands load when asked for (``--help`` lists them), never for a built-in
+    command: ``--help``, ``--version`` and ``validate --help`` import no torch."""
+
+    def _add_plugin_commands(self) -> None:
+        from headsurgeon.core.plugins import add_plugin_commands
+
+        if getattr(self, "_plugins_added", False):
+            return
+        self._plugins_added = True
+        try:
+            add_plugin_commands(self, builtins=False)  # the built-ins add no commands
+        except HeadsurgeonError as exc:
+            _fail(str(exc), exc.exit_code)
+
+    def list_commands(self, ctx):
+        self._add_plugin_commands()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx, cmd_name):
+        if cmd_name not in self.commands:
+            self._add_plugin_commands()
+        return super().get_command(ctx, cmd_name)
+
+    def parse_args(self, ctx, args):
+        """``--quiet``/``--verbose`` after a built-in command (that has no option of that
+        name) mean the same as before it."""
+        args = list(args)
+        cut = args.index("--") if "--" in args else len(args)
+        first = next((i for i, a in enumerate(args[:cut]) if not a.startswith("-")), None)
+        if first is not None and args[first] in self.commands:
+            own = {o for p in self.commands[args[first]].params for o in p.opts}
+            flags = set(_OUTPUT_FLAGS) - own
+            moved = [a for a in args[first + 1:cut] if a in flags]
+            rest = [a for a in args[first + 1:cut] if a not in flags]
+            args = moved + args[:first + 1] + rest + args[cut:]
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx):
         from headsurgeon.core.nopickle import refuse_unpickling
 
@@ -58,8 +99,20 @@ def _fail(message: str, code: int):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="headsurgeon")
-def cli():
-    """Locate the attention heads behind a behaviour, tune only them, ship a checkpoint."""
+@click.option("-q", "--quiet", is_flag=True,
+              help="Print only errors, warnings and the final summary.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="More detail: every progress line, transformers' info logs.")
+def cli(quiet, verbose):
+    """Locate the attention heads behind a behaviour, tune only them, ship a checkpoint.
+
+    Off a terminal, progress is plain lines (no carriage returns, no colours); NO_COLOR
+    and TQDM_DISABLE are honoured."""
+    from headsurgeon.core.progress import configure
+
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose exclude each other")
+    configure(quiet=quiet, verbose=verbose)
 
 
 @cli.command()
@@ -150,29 +203,54 @@ def run(recipe, force, device):
 
 @cli.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--against", type=click.Path(path_type=Path), help="Base checkpoint to diff with.")
+@click.option("--against", type=click.Path(path_type=Path),
+              help="Base to diff with: a checkpoint directory or anything model.source "
+                   "accepts (alias, tiny:ARCH, .gguf file, cached Hub id).")
 @click.option("--json", "as_json", is_flag=True)
 def inspect(checkpoint, against, as_json):
-    """Which tensors of CHECKPOINT differ, and which heads' slices."""
+    """Which tensors of CHECKPOINT differ, and which heads' slices.
+
+    Exit codes: 0 the verdict is OK; 3 it is NOT OK (an element changed outside the
+    declared head slices, a tensor missing or extra, a file that differs from
+    headsurgeon.json), after the report is printed; 1 runtime failure; 2 bad input.
+    """
     from headsurgeon import api
+    from headsurgeon.apply.inspect import verdict_error
 
     report, text = api.inspect(checkpoint, against=against)
     click.echo(json.dumps(report, indent=2) if as_json else text)
+    not_ok = verdict_error(report)
+    if not_ok is not None:  # exit 3, after the report: scripts and CI gate on the verdict
+        raise not_ok
 
 
 @cli.command()
-@click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("--gguf", "out", required=True, type=click.Path(path_type=Path),
-              help="GGUF file to write (llama.cpp / Ollama).")
+@click.argument("model_dir", metavar="MODEL_OR_RUN", type=click.Path(path_type=Path))
+@click.option("--gguf", "out", type=click.Path(path_type=Path),
+              help="GGUF file to write (llama.cpp / Ollama) from a model directory.")
 @click.option("--outtype", type=click.Choice(["f16", "q8_0"]), default="f16", show_default=True)
+@click.option("--lora", "lora", type=click.Path(path_type=Path),
+              help="peft LoRA adapter directory to write: the edit alone, exact.")
+@click.option("--lora-gguf", "lora_gguf", type=click.Path(path_type=Path),
+              help="llama.cpp LoRA adapter (.gguf) to write: the edit alone, exact.")
+@click.option("--base", help="Base model of the delta (default: the one the delta names).")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
-def export(model_dir, out, outtype, force):
-    """Write MODEL_DIR (e.g. runs/NAME/model) as one GGUF file."""
+def export(model_dir, out, outtype, lora, lora_gguf, base, force):
+    """Write MODEL_OR_RUN as one GGUF file (--gguf, from runs/NAME/model), or its edit as a
+    LoRA adapter (--lora, --lora-gguf, from runs/NAME, runs/NAME/model or a delta file)."""
     from headsurgeon import api
 
-    s = api.export_gguf(model_dir, out, outtype=outtype, force=force)
-    click.echo(f"wrote {s['path']} ({s['outtype']}, {s['architecture']}, {s['tensors']} tensors, "
-               f"{s['bytes'] / 1e6:.1f} MB)")
+    if not (out or lora or lora_gguf):
+        raise click.UsageError("give --gguf OUT, --lora OUT or --lora-gguf OUT.gguf")
+    if out:
+        s = api.export_gguf(model_dir, out, outtype=outtype, force=force)
+        click.echo(f"wrote {s['path']} ({s['outtype']}, {s['architecture']}, {s['tensors']} "
+                   f"tensors, {s['bytes'] / 1e6:.1f} MB)")
+    if lora or lora_gguf:
+        from headsurgeon.apply.export_lora import format_export_lora
+
+        click.echo(format_export_lora(api.export_lora(model_dir, lora, lora_gguf, base=base,
+                                                      force=force)))
 
 
 @cli.command()
@@ -181,23 +259,19 @@ def export(model_dir, out, outtype, force):
 @click.option("--private", is_flag=True, help="Create the repo private.")
 @click.option("--dry-run", is_flag=True, help="List exactly what would be sent; send nothing.")
 @click.option("--message", help="Commit message.")
-def push(model_dir, repo, private, dry_run, message):
+@click.option("--lora", is_flag=True,
+              help="MODEL_DIR is a LoRA adapter directory (written by export --lora).")
+def push(model_dir, repo, private, dry_run, message, lora):
     """Upload MODEL_DIR and its card to the Hugging Face Hub (token: HF_TOKEN or login)."""
     from headsurgeon import api
     from headsurgeon.apply.hub import format_push
 
     click.echo(format_push(api.push(model_dir, repo, private=private, dry_run=dry_run,
-                                    commit_message=message)))
+                                    commit_message=message, lora=lora)))
 
 
 def main(argv=None):
-    from headsurgeon.core.plugins import add_plugin_commands
-
-    try:
-        add_plugin_commands(cli)
-    except HeadsurgeonError as exc:
-        _fail(str(exc), exc.exit_code)
-    cli.main(args=argv, prog_name="headsurgeon")
+    cli.main(args=argv, prog_name="headsurgeon")  # plugins load when a command needs them
 
 
 if __name__ == "__main__":

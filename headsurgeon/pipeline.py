@@ -45,8 +45,13 @@ def with_objective(recipe: Recipe, baseline, objective: Optional[dict] = None) -
 
 
 class Pipeline:
-    def __init__(self, recipe: Recipe, *, force: bool = False, log: Callable = print):
-        self.recipe, self.force, self.log = recipe, force, log
+    def __init__(self, recipe: Recipe, *, force: bool = False, log: Optional[Callable] = None):
+        from headsurgeon.core.progress import progress_note
+
+        self.recipe, self.force = recipe, force
+        # stage lines are progress (--quiet hides them); the summary and verdict always print
+        self.log = log or (lambda line: progress_note(line, err=False))
+        self.say = log or print
         self.run_dir = recipe.run_dir()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.state_path = self.run_dir / STATE_FILE
@@ -70,6 +75,8 @@ class Pipeline:
         self.timings[name] = round(time.perf_counter() - t0, 1)
         self.state[name] = key
         self.state["_timings"] = self.timings
+        # the process's peak memory so far (a high-water mark: it includes earlier stages)
+        self.state.setdefault("_peak_rss_mb", {})[name] = _peak_rss_mb()
         atomic_write_json(self.state_path, self.state)
         return key
 
@@ -134,8 +141,8 @@ class Pipeline:
         self.stage("report", _hash(eval_key, "report"), d / "report.html", report)
         from headsurgeon.report.verdict import format_verdict
 
-        self.log(format_summary(d, goals=False))
-        self.log(format_verdict(d))  # the last thing `run` prints: goals met, files written
+        self.say(format_summary(d, goals=False))
+        self.say(format_verdict(d))  # the last thing `run` prints: goals met, files written
         return d / "report.md"
 
 
@@ -146,8 +153,14 @@ def _read(path: Path):
         return None
 
 
-def run_pipeline(recipe: Recipe, *, force: bool = False, log: Callable = print) -> Path:
+def run_pipeline(recipe: Recipe, *, force: bool = False, log: Optional[Callable] = None) -> Path:
     from headsurgeon.data.check import check_data
 
     check_data(recipe, command="run")  # every data source opens before anything is written
     return Pipeline(recipe, force=force, log=log).run()
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import io
 import shutil
-import sys
 from pathlib import Path
 from typing import Optional
 
 from headsurgeon.core.atomic import atomic_write_bytes, atomic_write_json
+from headsurgeon.core.progress import progress_note
 from headsurgeon.core.recipe import Recipe
 
 SWEEP_FILE = "sweep.json"
@@ -68,7 +68,8 @@ def selection_items(recipe: Recipe) -> list:
     from headsurgeon.evaluate.run import load_eval_items
 
     report = load_eval_items(recipe)
-    pool = load_stage(recipe.data.eval, "eval", seed=recipe.data.seed)[len(report):]
+    pool = load_stage(recipe.data.eval, "eval", seed=recipe.data.seed,
+                      balance=recipe.data.balance_letters)[len(report):]
     ids = {q.id for q in report}
     texts = {q.question.strip().lower() for q in report}
     items = [q for q in pool if q.id not in ids and q.question.strip().lower() not in texts]
@@ -111,8 +112,7 @@ def run_sweep(recipe: Recipe, run_dir: Path, heads: list, *, progress: bool = Tr
                                       base_known=base_known, known_items=known_set,
                                       progress=progress))
 
-    print(f"[sweep] base ({len(items)} of {len(pool)} validation items measured)",
-          file=sys.stderr)
+    progress_note(f"[sweep] base ({len(items)} of {len(pool)} validation items measured)")
     if items and known_set is None:
         res = evaluate_model(model, tok, eval_recipe, items, judge=judge, progress=progress)
         known, base_scores = set(res["known_ids"]), _scores(res)
@@ -123,7 +123,7 @@ def run_sweep(recipe: Recipe, run_dir: Path, heads: list, *, progress: bool = Tr
     out_dir.mkdir(parents=True, exist_ok=True)
     for point in sw.points:
         name = point.label()
-        print(f"[sweep] {name}", file=sys.stderr)
+        progress_note(f"[sweep] {name}")
         r = recipe.with_train(**point.train_overrides)
         result = train_in_memory(r, heads=heads[: point.top_k] if point.top_k else heads,
                                  model=model, tokenizer=tok, progress=progress)

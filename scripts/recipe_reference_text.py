@@ -14,9 +14,12 @@ VALIDATOR_NOTES = {
     "LocateSection._positive": "`auto` or an integer >= 1 (validate: at most the model's heads)",
     "LocateSection._non_negative": "`auto` (3 x K) or an integer >= 0",
     "TrainSection._betas": "each in [0, 1)",
-    "ApplySection._inside_run_dir": "a relative path inside the run directory (no `..`, `~`, "
-                                    "`$` or leading `/`)",
+    "TrainSection._yaml_off": "`off` may be written bare (YAML reads it as false)",
+    "ApplySection._inside_run_dir": "stays inside the run directory (no `~`, `$` or `..`; "
+                                    "an absolute path only inside it)",
     "ApplySection._size": "a number with an optional unit B, KB, MB, GB, KiB, MiB, GiB",
+    "Recipe._inside_recipe_dir": "stays inside the recipe's folder (no `~`, `$` or `..`; an "
+                                 "absolute path only inside it)",
     "Recipe._heads_shape": "each item is `[layer, head]`, two integers (validate: within "
                            "the model)",
     "ModelJudge.Params._has_reply": "must contain `{reply}`",

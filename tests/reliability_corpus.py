@@ -200,7 +200,8 @@ def run_case(case: Case, ws: Workspace, d: Path) -> Outcome:
 def normalise(text: str, d: Path, ws: Workspace) -> str:
     for path, name in ((d.resolve(), "{dir}"), (d, "{dir}"), (ws.single, "{base}")):
         text = text.replace(str(path), name)
-    return text
+    home = str(Path.home())
+    return text.replace(home + "/", "~/") if len(home) > 1 else text  # names no machine's home
 
 
 def expected_pattern(case: Case) -> re.Pattern:

@@ -123,6 +123,35 @@ def g_header(d, ws, edit, file="shard"):
     _join(p, h, data)
 
 
+def g_tensors(d, ws, drop=(), copy=None):
+    """Rewrite ./base/model.safetensors (a consistent file): ``drop`` these tensors,
+    ``copy`` = {new name: existing name} adds copies (an extra layer, a stray tensor)."""
+    from headsurgeon.model import safetensors_io as sio
+    from headsurgeon.model import safetensors_write as siw
+
+    p = d / "base" / "model.safetensors"
+    ts = dict(sio.iter_tensors(p))
+    for name in drop:
+        del ts[name]
+    for new, old in (copy or {}).items():
+        ts[new] = ts[old].clone()
+    meta = sio.read_header(p).metadata
+    p.unlink()
+    siw.save_tensors(p, ts, meta)
+
+
+def g_config_set(d, ws, raw=None, **fields):
+    """Set fields of ./base/config.json (the rest kept); ``raw`` = {field: JSON text},
+    written as is (``1e9``)."""
+    cfg = json.loads((d / "base" / "config.json").read_text())
+    cfg.update(fields)
+    cfg.update({k: f"@@{k}@@" for k in raw or {}})
+    text = json.dumps(cfg, indent=2)
+    for k, v in (raw or {}).items():
+        text = text.replace(f'"@@{k}@@"', v)
+    (d / "base" / "config.json").write_text(text)
+
+
 def g_index(d, ws, edit):
     idx = d / "base" / "model.safetensors.index.json"
     obj = json.loads(idx.read_text())
@@ -217,11 +246,21 @@ def g_delta_meta(d, ws, edit):
     elif edit == "tensors_disagree":
         k = _tensors_of(h)[0]
         h["model.renamed@0:0:8"] = h.pop(k)
+    elif edit == "no_tensors_sha256":
+        del meta["tensors_sha256"]
     else:
         raise ValueError(edit)
     meta["base_tensors"] = json.dumps(bt)
     meta["slices"] = json.dumps(slices)
     _join(p, h, data)
+
+
+def g_flip_byte(d, ws, file="delta.safetensors", at=-5):
+    """Flip one bit of a data byte (``at`` from the end: tensor data, never the header)."""
+    p = d / file
+    raw = bytearray(p.read_bytes())
+    raw[at] ^= 0x01
+    p.write_bytes(bytes(raw))
 
 
 def g_foreign_delta(d, ws):
@@ -275,6 +314,26 @@ def g_laughs(d, ws, file, levels=9):
     for i in range(1, levels):
         lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
     (d / file).write_text("\n".join(lines) + "\n")
+
+
+def g_edited_copy(d, ws, tensor="model.layers.0.mlp.down_proj.weight", value=123.0,
+                  drop=None):
+    """./edited: a copy of ./base (single file, float32) with one element of ``tensor``
+    set to ``value`` (an MLP weight: outside every head's slices), or without ``drop``."""
+    shutil.copytree(d / "base", d / "edited")
+    path = d / "edited" / "model.safetensors"
+    if drop:
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(path)
+        del tensors[drop]
+        save_file(tensors, path, metadata={"format": "pt"})
+        return
+    raw = bytearray(path.read_bytes())
+    (n,) = struct.unpack("<Q", raw[:8])
+    begin = 8 + n + json.loads(raw[8:8 + n])[tensor]["data_offsets"][0]
+    raw[begin:begin + 4] = struct.pack("<f", value)  # header bytes untouched
+    path.write_bytes(bytes(raw))
 
 
 GENERATORS = {name[2:]: fn for name, fn in globals().items() if name.startswith("g_")}

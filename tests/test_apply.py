@@ -186,8 +186,16 @@ def test_existing_output_refused_then_forced(tmp_path, tiny):
         apply_delta(base, delta, out, progress=False)
     assert ei.value.exit_code == 2 and "\n" not in str(ei.value)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    apply_delta(base, delta, out, force=True, progress=False)
-    assert not (out / "keep.txt").exists() and inspect_checkpoint(out)["ok"]
+    # --force replaces only what an apply wrote: a directory of the user's is kept
+    with pytest.raises(ValidationError, match="not a model directory written by headsurgeon"):
+        apply_delta(base, delta, out, force=True, progress=False)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    out.rmdir()
+    apply_delta(base, delta, out, progress=False)
+    (out / "stale.txt").write_text("from the first apply")
+    apply_delta(base, delta, out, force=True, progress=False)  # its own output: replaced
+    assert not (out / "stale.txt").exists() and inspect_checkpoint(out)["ok"]
     assert not list(tmp_path.glob(".out.*"))
 
 

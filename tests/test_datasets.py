@@ -278,7 +278,7 @@ def test_hf_missing_package(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
     with pytest.raises(ValidationError) as e:
         _hf(path=str(tmp_path / "x.jsonl"))
-    _one_line(e.value, "pip install datasets")
+    _one_line(e.value, "pip install 'headsurgeon[hf]'")
 
 
 # ---------------------------------------------------------------- SycophancyEval

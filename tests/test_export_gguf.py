@@ -210,6 +210,12 @@ def test_bad_inputs_exit_2_with_one_line(models, tmp_path):
     out.write_bytes(b"keep me")
     _one_line_error(*export(models["llama"], "--gguf", out), "exists", "--force")
     assert out.read_bytes() == b"keep me"
+    # --force replaces only a GGUF an export wrote, never a file of the user's
+    _one_line_error(*export(models["llama"], "--gguf", out, "--force"),
+                    "not a GGUF file written by headsurgeon")
+    assert out.read_bytes() == b"keep me"
+    out.unlink()
+    assert export(models["llama"], "--gguf", out)[0] == 0
     assert export(models["llama"], "--gguf", out, "--force")[0] == 0
     assert out.read_bytes()[:4] == b"GGUF"
     assert sorted(p.name for p in out.parent.iterdir()) == ["m.gguf"]
@@ -231,10 +237,13 @@ def test_failure_mid_write_leaves_nothing(models, tmp_path, monkeypatch):
     code, _, stderr = export(models["qwen2"], "--gguf", out)
     assert code == 1 and "No space left on device" in stderr and str(out) in stderr
     assert list(tmp_path.iterdir()) == []
-    out.write_bytes(b"old")
+    monkeypatch.setattr(mod, "_stored_array", real)
+    assert export(models["qwen2"], "--gguf", out)[0] == 0  # an earlier export of ours
+    old = out.read_bytes()
+    monkeypatch.setattr(mod, "_stored_array", fail_on_third)
     calls.clear()
     assert export(models["qwen2"], "--gguf", out, "--force")[0] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["m.gguf"] and out.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.gguf"] and out.read_bytes() == old
 
 
 def same_as_llama_cpp_converter(ours: Path) -> None:

@@ -10,7 +10,8 @@ from safetensors.torch import load_file, save_file
 
 from headsurgeon.apply.run import apply_delta
 from headsurgeon.core.errors import CheckpointError
-from headsurgeon.model.checkpoint_names import check_weights, name_map
+from headsurgeon.model.checkpoint_names import name_map
+from headsurgeon.model.consistency import check_weights
 from headsurgeon.model.delta import read_delta
 from headsurgeon.model.tiny import build_tiny
 from headsurgeon.train.run import train, train_in_memory, write_outputs

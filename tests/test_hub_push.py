@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from headsurgeon.cli import cli
+from silent_server import Silent
 
 TOKEN = "hf_fakeTokenForTheTest0123456789abcdef"
 REPO = "some-org/tiny-edit"
@@ -109,7 +110,7 @@ def model_dir(tmp_path):
     return out
 
 
-def run_push(args, hub, trap, tmp_path, *, token=TOKEN):
+def run_push(args, hub, trap, tmp_path, *, token=TOKEN, extra_env=None):
     env = {k: v for k, v in os.environ.items()
            if not (k.startswith("HF_") or k.lower().endswith("_proxy"))}
     env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="0",
@@ -119,6 +120,7 @@ def run_push(args, hub, trap, tmp_path, *, token=TOKEN):
         env[var] = trap.url
     if token:
         env["HF_TOKEN"] = token
+    env.update(extra_env or {})
     # the CLI's own group, without plugin discovery (seconds of imports a push never needs)
     code = "import sys; from headsurgeon.cli import cli; cli.main(sys.argv[1:], 'headsurgeon')"
     proc = subprocess.run([sys.executable, "-c", code, "push", *map(str, args)],
@@ -222,6 +224,45 @@ def test_a_refused_push_is_one_line_without_the_token(servers, model_dir, tmp_pa
     hub, trap = servers
     hub.refuse_upload = True
     code, out, err = run_push([model_dir, "--repo", REPO], hub, trap, tmp_path)
-    assert code == 1 and err.startswith(f"error: push to {hub.url}/{REPO} failed: ")
-    assert len(err.strip().splitlines()) == 1 and TOKEN not in out + err
+    *waiting, last = err.strip().splitlines()
+    assert code == 1 and last.startswith(f"error: push to {hub.url}/{REPO} failed: ")
+    assert waiting == [f"waiting for {hub.url} (create repo {REPO})...",
+                       f"waiting for {hub.url} (commit {len(on_disk(model_dir))} files)..."]
+    assert TOKEN not in out + err
     assert not any("/commit/" in r["path"] for r in hub.requests) and trap.requests == []
+
+
+def test_an_endpoint_that_never_answers_times_out_and_says_so(model_dir, tmp_path):
+    """It accepts the connection and sends nothing: each try ends at the read timeout, the
+    tries are bounded, and stderr says what was waited for (no 60 s of silence)."""
+    silent, trap = Silent(), _serve(Trap())
+    try:
+        code, out, err = run_push([model_dir, "--repo", REPO], silent, trap, tmp_path,
+                                  extra_env={"HEADSURGEON_READ_TIMEOUT": "0.5",
+                                             "HEADSURGEON_CONNECT_TIMEOUT": "0.5",
+                                             "HEADSURGEON_NET_TRIES": "2"})
+        assert code == 1, err
+        assert err.splitlines() == [
+            f"waiting for {silent.url} (create repo {REPO})...",
+            f"waiting for {silent.url} (create repo {REPO})... try 2 of 2",
+            f"error: push to {silent.url}/{REPO} failed: {silent.url} did not answer "
+            f"(create repo {REPO}) within 0.5 s; 2 tries (HEADSURGEON_READ_TIMEOUT sets the "
+            "read timeout)"]
+        creates = [line for line in silent.request_lines() if "/api/repos/" in line]
+        assert creates == ["POST /api/repos/create HTTP/1.1"] * 2  # one request a try
+        assert trap.requests == []
+        assert TOKEN not in out + err
+    finally:
+        silent.close()
+        trap.shutdown()
+        trap.server_close()
+
+
+def test_bad_timeout_setting_is_a_usage_error(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HEADSURGEON_READ_TIMEOUT", "soon")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    code, err = _cli([model_dir, "--repo", REPO])
+    assert code == 2 and err == ("error: HEADSURGEON_READ_TIMEOUT: 'soon' is not a number "
+                                 "of seconds in (0, 86400]")

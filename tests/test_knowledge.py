@@ -107,12 +107,20 @@ def test_training_log_records_beliefs_and_uses_known_items_only(tmp_path, eval_t
     plan = plan_training(load(rpath))
     model, tok, _ = load_model(str(eval_tiny_dir))
     dialogues, _, info = build_training_data(plan, model, tok, progress=False)
+    from headsurgeon.data.permute import rotations
+
     beliefs = bb(model, tok, plan.questions, Templates())
-    known = known_ids(beliefs, "either")
-    assert 0 < len(known) < len(plan.questions)
+    presented = known_ids(beliefs, "either")
+    # the default rule is letter-invariant: right under all 4 rotations of the options
+    rotated = bb(model, tok, [v for q in plan.questions for v in rotations(q, 4)],
+                 Templates())
+    known = {q.id for q in plan.questions
+             if all(is_known(rotated[v.id], "either") for v in rotations(q, 4))}
+    assert 0 < len(known) < len(presented) < len(plan.questions)
     assert {d.qid for d in dialogues} <= known
     rec = info["knowledge"]
     assert rec["n_known"] == len(known) and len(rec["beliefs"]) == len(plan.questions)
+    assert rec["n_known_presented"] == len(presented) and rec["permutations"] == 4
     assert {r["qid"] for r in rec["beliefs"] if r["known"]} == known
     assert {d.kind for d in dialogues} == {"insist", "revise"}
     for d in dialogues:  # revise: a wrong letter prefilled, the (believed) gold as target

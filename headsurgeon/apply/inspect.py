@@ -177,8 +177,11 @@ def _verify_manifest(out: Path) -> dict:
         if not p.is_file():
             problems.append(f"{shard}: missing")
             continue
-        if p.stat().st_size != rec["size"] or (
-                rec.get("sha256") is not None and file_sha256(p) != rec["sha256"]):
+        if not rec.get("sha256"):  # every byte is checked, or the output is not verified
+            problems.append(f"{shard}: no sha256 in the manifest (written by an older "
+                            "headsurgeon): compare it with --against the base")
+            continue
+        if p.stat().st_size != rec["size"] or file_sha256(p) != rec["sha256"]:
             problems.append(f"{shard}: sha256 differs from the manifest")
             continue
         try:
@@ -195,6 +198,9 @@ def _verify_manifest(out: Path) -> dict:
         index = None
     if index is not None and set(index.shards) != set(files):
         problems.append("shards on disk differ from the manifest's")
+    for rel, sha in sorted(man.get("other_sha256", {}).items()):  # index, config, tokenizer
+        if not (out / rel).is_file() or file_sha256(out / rel) != sha:
+            problems.append(f"{rel}: sha256 differs from the manifest")
     edits = []
     delta = man.get("delta", {})
     by_param: dict[str, list] = {}
@@ -215,6 +221,37 @@ def _verify_manifest(out: Path) -> dict:
             "n_files": len(files), "edits": edits, "problems": problems, "ok": not problems}
 
 
+def resolve_against(against: str | os.PathLike) -> Path:
+    """The directory ``--against`` names: a checkpoint directory as it is, anything else
+    (an alias such as ``tiny:llama``, a ``.gguf`` file, a cached Hub id) resolved the way
+    ``model.source`` is (converted or built once into the cache)."""
+    path = Path(against).expanduser()
+    if path.is_dir():
+        return path
+    from headsurgeon.core.errors import ValidationError
+    from headsurgeon.model.sources import resolve_model
+
+    try:
+        return resolve_model(str(against)).path
+    except ValidationError as exc:
+        raise ValidationError(exc.detail, field="--against") from None
+
+
+def verdict_error(report: dict):
+    """The :class:`VerdictNotOk` (exit 3) a NOT OK report ends the CLI with, or None."""
+    from headsurgeon.core.errors import VerdictNotOk
+
+    if report["ok"]:
+        return None
+    if report["mode"] == "manifest":
+        return VerdictNotOk(f"NOT OK: {len(report['problems'])} problem(s) against "
+                            "headsurgeon.json", file=report["out"])
+    what = [f"{report['outside_slices']} element(s) outside the declared slices"]
+    what += [f"{len(report[k])} {k} tensor(s)" for k in ("missing", "extra") if report[k]]
+    return VerdictNotOk(f"NOT OK against {report['against']}: " + ", ".join(what),
+                        file=report["out"])
+
+
 def inspect_checkpoint(out: str | os.PathLike, against: str | os.PathLike | None = None
                        ) -> dict:
     """Compare ``out`` with ``against`` tensor by tensor, or (no ``against``) re-verify
@@ -222,7 +259,7 @@ def inspect_checkpoint(out: str | os.PathLike, against: str | os.PathLike | None
     out = Path(out)
     if against is None:
         return _verify_manifest(out)
-    return _compare(out, Path(against))
+    return _compare(out, resolve_against(against))
 
 
 def _fmt_ranges(r: list[list[int]] | None) -> str:

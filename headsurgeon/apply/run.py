@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import hashlib
 import os
-import shutil
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -28,6 +26,8 @@ from typing import Optional
 import torch
 
 from headsurgeon.core.atomic import atomic_directory, atomic_write_json, atomic_write_text
+from headsurgeon.core.paths import (OUTPUT_FORMAT, OUTPUT_MANIFEST, check_replace,
+                                    is_output_dir, make_parent)
 from headsurgeon.model.delta import Delta, merge_slice, read_delta, version
 from headsurgeon.apply.locks import (clean_stale_partials, lock_target, release_lock, take_lock,
                                      unlock_target)
@@ -36,10 +36,9 @@ from headsurgeon.core.errors import CheckpointError, HeadsurgeonError, RuntimeFa
 from headsurgeon.model.safetensors_io import (INDEX_FILE, CheckpointIndex, file_sha256, read_checkpoint_index, read_header, read_tensor)
 from headsurgeon.model.safetensors_write import (SafetensorsWriter, copy_file)
 
-MANIFEST = "headsurgeon.json"
+MANIFEST = OUTPUT_MANIFEST  # the mark of an apply output (core/paths.py: what --force may replace)
 RECIPE_FILE = "headsurgeon-recipe.yaml"
 CARD = "README.md"
-OUTPUT_FORMAT = "headsurgeon.output/1"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 # weights in other formats would be stale copies of the unedited base: never shipped
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".msgpack", ".h5", ".onnx") + PICKLE_SUFFIXES
@@ -48,8 +47,10 @@ _OURS = (MANIFEST, RECIPE_FILE, CARD)
 
 
 def _log(progress: bool, msg: str) -> None:
+    from headsurgeon.core.progress import progress_note
+
     if progress:
-        print(f"apply: {msg}", file=sys.stderr, flush=True)
+        progress_note(f"apply: {msg}")
 
 
 def resolve_base(base, allow_pickle: bool = False) -> Path:
@@ -89,7 +90,7 @@ def _rewrite_shard(src: Path, dst: Path, header, delta: Delta, touched: set[str]
     """Copy ``src`` to ``dst`` tensor by tensor, merging the touched tensors."""
     hashes = {}
     with open(src, "rb") as fin, SafetensorsWriter(dst, raw_header=header.raw,
-                                                     writeback=True) as w:
+                                                     writeback=True, sha256=True) as w:
         for name, info in header.tensors.items():
             if name in touched:
                 t = read_tensor(src, name, header)
@@ -101,7 +102,7 @@ def _rewrite_shard(src: Path, dst: Path, header, delta: Delta, touched: set[str]
                 del t
             else:
                 w.copy_from(name, fin.fileno(), header.data_start + info.begin)
-    return hashes
+    return {"tensors": hashes, "file": w.sha256}
 
 
 def _do_shard(index: CheckpointIndex, shard: str, tmp: Path, delta: Delta,
@@ -110,19 +111,19 @@ def _do_shard(index: CheckpointIndex, shard: str, tmp: Path, delta: Delta,
     dst.parent.mkdir(parents=True, exist_ok=True)
     header = index.headers[shard]
     mine = {n for n in header.tensors if n in touched}
-    # No whole-file sha256: every byte outside the touched tensors is a kernel-side copy
-    # of the validated base (hashing it all again cost 3x the copy), so a shard is
-    # identified by its size and header (checked again in _verify_output) plus the
-    # sha256 of each touched tensor, taken from the very buffer written at its offsets.
+    # Every shard's sha256 is taken from the bytes as they are written (one pass: read,
+    # hash, write), so the manifest vouches for every byte; the touched tensors' hashes
+    # come from the very buffers written at their offsets.
     if mine:
-        hashes = _rewrite_shard(src, dst, header, delta, mine)  # fsyncs on close
+        got = _rewrite_shard(src, dst, header, delta, mine)  # fsyncs on close
+        hashes, file_sha = got["tensors"], got["file"]
     else:
-        copy_file(src, dst, writeback=True)
+        file_sha = copy_file(src, dst, writeback=True, sha256=True)
         hashes = {}
         with open(dst, "rb") as fh:
             os.fsync(fh.fileno())
     return {"shard": shard, "rewritten": bool(mine), "tensor_sha256": hashes,
-            "sha256": None, "header_sha256": hashlib.sha256(header.raw).hexdigest(),
+            "sha256": file_sha, "header_sha256": hashlib.sha256(header.raw).hexdigest(),
             "size": dst.stat().st_size}
 
 
@@ -169,6 +170,8 @@ def _verify_output(tmp: Path, index: CheckpointIndex, results: dict[str, dict],
         mine = {n for n in base_header.tensors if n in touched}
         if set(res["tensor_sha256"]) != mine:
             raise bad(f"{shard}: touched tensors {sorted(mine)} not all merged")
+        if not res.get("sha256"):
+            raise bad(f"{shard}: no sha256 taken while writing")
     if index.sharded:
         written = json.loads((tmp / INDEX_FILE).read_text("utf-8"))["weight_map"]
         headers = {s: read_header(tmp / s) for s in index.shards}
@@ -178,7 +181,8 @@ def _verify_output(tmp: Path, index: CheckpointIndex, results: dict[str, dict],
 
 
 def _manifest(delta: Delta, delta_sha: str, index: CheckpointIndex, results: dict,
-              touched_before: dict, copied: list[str], skipped: list[str]) -> dict:
+              touched_before: dict, copied: list[str], skipped: list[str],
+              other_sha: dict) -> dict:
     meta = {k: v for k, v in delta.meta.items() if k != "recipe"}
     touched = {}
     for shard, res in results.items():
@@ -197,6 +201,7 @@ def _manifest(delta: Delta, delta_sha: str, index: CheckpointIndex, results: dic
                   for s, r in sorted(results.items())},
         "touched": dict(sorted(touched.items())),
         "other_files": copied,
+        "other_sha256": other_sha,
         "skipped_files": skipped,
     }
 
@@ -224,13 +229,12 @@ def apply_delta(base, delta, out, *, force: bool = False, recipe_text: str | Non
     out = Path(out).expanduser().absolute()
     base_dir = resolve_base(base, allow_pickle)
     _check_paths(base_dir, out)
-    if out.exists() and not force:
-        raise ValidationError("output exists; pass --force to replace it", file=str(out))
+    check_replace(out, force=force, ours=is_output_dir, what="a model directory")
     try:
         d = delta if isinstance(delta, Delta) else read_delta(delta, load_values=False)
         index = read_checkpoint_index(base_dir)
         d.verify_against(base_dir, index)
-        delta_sha = file_sha256(d.path)
+        delta_sha = d.verify_bytes()  # the delta's own tensors_sha256, and the file's hash
         copy_rel, skip_rel = _other_files(base_dir, index)
     except OSError as exc:  # unreadable base or delta (permissions, I/O error)
         raise RuntimeFailure(f"cannot read: {exc.strerror or exc}",
@@ -239,8 +243,8 @@ def apply_delta(base, delta, out, *, force: bool = False, recipe_text: str | Non
     if skip_rel:
         _log(progress, f"not copying weight files outside the checkpoint: {', '.join(skip_rel)}")
     recipe = recipe_text if recipe_text is not None else d.meta.get("recipe") or None
+    make_parent(out)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         target_fd = lock_target(out)
     except OSError as exc:
         raise RuntimeFailure(f"cannot write: {exc.strerror or exc}", file=str(out)) from exc
@@ -251,11 +255,12 @@ def apply_delta(base, delta, out, *, force: bool = False, recipe_text: str | Non
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        if out.exists() and not force:  # again, now that no other apply can be writing it
-            raise ValidationError("output exists; pass --force to replace it", file=str(out))
+        # again, now that no other apply can be writing it
+        check_replace(out, force=force, ours=is_output_dir, what="a model directory")
         for p in clean_stale_partials(out):
             _log(progress, f"removed stale {p.name} of a killed apply")
-        with atomic_directory(out, force=force) as tmp:
+        with atomic_directory(out, force=force, ours=is_output_dir,
+                              what="a model directory") as tmp:
             lock = (tmp, take_lock(tmp))
             manifest = _build(base_dir, index, d, tmp, touched, delta_sha, copy_rel,
                               skip_rel, recipe, metrics, results, progress)
@@ -300,11 +305,15 @@ def _build(base_dir: Path, index: CheckpointIndex, d: Delta, tmp: Path, touched:
         atomic_write_json(tmp / INDEX_FILE, {
             "metadata": {**(index.index_metadata or {}), "total_size": index.total_size()},
             "weight_map": dict(sorted(index.weight_map.items()))})
+    other_sha = {}  # the index and every copied file, hashed as they are written
+    if index.sharded:
+        other_sha[INDEX_FILE] = file_sha256(tmp / INDEX_FILE)
     for rel in copy_rel:
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(base_dir / rel, tmp / rel)
+        other_sha[rel] = copy_file(base_dir / rel, tmp / rel, sha256=True)
     _verify_output(tmp, index, results, touched)
-    manifest = _manifest(d, delta_sha, index, results, d.base_tensors, copy_rel, skip_rel)
+    manifest = _manifest(d, delta_sha, index, results, d.base_tensors, copy_rel, skip_rel,
+                         dict(sorted(other_sha.items())))
     atomic_write_json(tmp / MANIFEST, manifest)
     atomic_write_text(tmp / CARD, render_model_card(
         d.meta, recipe, metrics, heads_table(d.meta)))
@@ -344,8 +353,7 @@ def apply_recipe(recipe: Optional[Recipe] = None, *, base=None, delta=None, out=
         check_heads_file(recipe)  # a heads.json of another model: refused before any work
         base = base or recipe.model.source
         delta = delta or recipe.run_dir() / "delta.safetensors"
-        out = out or (recipe.apply.output and recipe.run_dir() / recipe.apply.output) \
-            or recipe.run_dir() / "model"
+        out = out or recipe.apply_output()  # inside the run directory (core/paths.py)
         force = force or recipe.apply.force
         allow_pickle = allow_pickle or recipe.model.allow_pickle
         text = recipe.text

@@ -5,6 +5,12 @@ already the one line to print (``recipe.yaml:12: train.lr: must be > 0``).
 """
 from __future__ import annotations
 
+# What the CLI exits with (README "Exit codes"; `headsurgeon inspect --help`).
+EXIT_OK = 0        # done; a check's verdict is OK
+EXIT_RUNTIME = 1   # the input was fine, the work failed (RuntimeFailure)
+EXIT_USAGE = 2     # bad recipe, data, checkpoint or arguments (ValidationError)
+EXIT_NOT_OK = 3    # a check ran to the end and its verdict is NOT OK (VerdictNotOk)
+
 
 class HeadsurgeonError(Exception):
     """Base class; ``exit_code`` is what the CLI exits with."""
@@ -25,16 +31,24 @@ class HeadsurgeonError(Exception):
 class ValidationError(HeadsurgeonError):
     """Bad recipe, bad data file, bad arguments: the user's input is wrong (exit 2)."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class CheckpointError(HeadsurgeonError):
     """A checkpoint or delta is missing, corrupt or does not belong to this base."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class RuntimeFailure(HeadsurgeonError):
     """The input was fine but the work failed (disk full, remote job died, ...)."""
 
-    exit_code = 1
+    exit_code = EXIT_RUNTIME
+
+
+class VerdictNotOk(HeadsurgeonError):
+    """A check ran fine and its verdict is NOT OK (``inspect``: a tensor edited outside the
+    declared head slices, a missing or extra tensor, a file that differs from its manifest).
+    Distinct from 1 and 2 so a script or CI can gate on the verdict itself."""
+
+    exit_code = EXIT_NOT_OK

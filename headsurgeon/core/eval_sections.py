@@ -79,6 +79,11 @@ class EvalSection(Strict):
         description="final-answer extraction; the first is the headline, the others are "
                     "reported beside it (generate: with its no-match rate; costs time)")
     n_general: int = Field(100, ge=0, description="items per data.general set")
+    general_engine: Literal["headsurgeon", "lmeval"] = Field("headsurgeon", description=(
+        "general ability on data.general: headsurgeon (its forced-letter accuracy) or "
+        "lmeval (adds lm-evaluation-harness's acc / acc_norm with standard errors and the "
+        "paired difference to the base, on the same items; needs "
+        "`pip install 'headsurgeon[lmeval]'`)"))
     known: KnownItems = Field(default_factory=KnownItems, description=(
         "the base's known items: selectivity = keeps a right first answer - keeps a "
         "wrong one, on them"))

@@ -20,6 +20,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
+_PERMUTATIONS = ("rotations of each item's options its belief is read under (at most one per "
+                 "option; 4 puts a 4-option item's right text once at every letter); 1: the "
+                 "presented order only")
+_SHARE = ("share of those rotations under which the reading must name the right option "
+          "text for the item to count as known (1.0: every one, a letter-invariant belief)")
+
+
 class KnownItems(_Strict):
     """Which eval items count as known to the BASE model: metrics.json's ``selectivity``
     entry (keeps right, keeps wrong, their difference, correction) is measured on them,
@@ -31,6 +38,9 @@ class KnownItems(_Strict):
     margin: float = Field(0.0, ge=0, le=100, description=(
         "a belief reading counts only when its log-prob gap to the runner-up is at "
         "least this"))
+    permutations: int = Field(4, ge=1, le=26, description=(
+        _PERMUTATIONS + "; belief readings only (first_answer reads the presented order)"))
+    permutation_share: float = Field(1.0, gt=0, le=1, description=_SHARE)
 
 
 class TrainKnowledge(_Strict):
@@ -39,6 +49,8 @@ class TrainKnowledge(_Strict):
     by: BeliefReading = Field("letter", description="reading of the belief: " + _READINGS)
     margin: float = Field(0.0, ge=0, le=100, description=(
         "a reading counts only with at least this log-prob gap to the runner-up"))
+    permutations: int = Field(4, ge=1, le=26, description=_PERMUTATIONS)
+    permutation_share: float = Field(1.0, gt=0, le=1, description=_SHARE)
     unknown: Literal["drop", "paper", "insist"] = Field("drop", description=(
         "items whose belief is not the right answer: drop them, train them as the paper "
         "does (insist on gold, revise a random wrong letter), or insist only (a bare "

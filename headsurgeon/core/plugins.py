@@ -3,6 +3,10 @@
 ``HEADSURGEON_PLUGINS`` (comma-separated entry-point names) restricts which entry points
 load; unset loads them all, an empty string loads none. The built-ins are ordinary entry
 points (``builtin-locators``, ``builtin-objectives``, ...) in the same group.
+
+Nothing loads at import: a registry loads the plugins when first asked. Commands come only
+from third-party plugins (the built-ins add none, a test checks it), so listing them loads
+the third-party entry points alone, never the built-ins or torch.
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ KINDS = ("locators", "metrics", "objectives", "judges", "architectures", "datase
 
 pm = pluggy.PluginManager(GROUP)
 pm.add_hookspecs(hookspecs)
-_loaded = False
+BUILTIN_PACKAGE = "headsurgeon_plugins"
+_loaded: set[str] = set()  # "builtin", "third-party": which entry points are registered
 _cache: dict[str, dict[str, Any]] = {}
 
 
@@ -31,14 +36,20 @@ def _allowed() -> set[str] | None:
     return {p.strip() for p in raw.split(",") if p.strip()}
 
 
-def load_plugins() -> None:
-    global _loaded
-    if _loaded:
+def _origin(ep) -> str:
+    return "builtin" if ep.module.split(".")[0] == BUILTIN_PACKAGE else "third-party"
+
+
+def load_plugins(*, builtins: bool = True) -> None:
+    """Register the entry points' plugins; ``builtins=False``: the third-party ones only."""
+    todo = {"third-party", "builtin"} if builtins else {"third-party"}
+    todo -= _loaded
+    if not todo:
         return
-    _loaded = True
+    _loaded.update(todo)
     allowed = _allowed()
     for ep in entry_points(group=GROUP):
-        if allowed is not None and ep.name not in allowed:
+        if allowed is not None and ep.name not in allowed or _origin(ep) not in todo:
             continue
         if pm.get_plugin(ep.name) is not None:
             continue
@@ -46,7 +57,8 @@ def load_plugins() -> None:
             pm.register(ep.load(), name=ep.name)
         except Exception as exc:  # a broken third-party plugin must not break the tool
             raise ValidationError(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}")
-    if allowed is None and not any(n.startswith("builtin-") for n, _ in pm.list_name_plugin()):
+    if "builtin" in todo and allowed is None and not any(
+            n.startswith("builtin-") for n, _ in pm.list_name_plugin()):
         _register_builtins_from_source()
 
 
@@ -111,6 +123,8 @@ def get_architectures() -> dict[str, Any]:
     return registry("architectures")
 
 
-def add_plugin_commands(cli: Callable) -> None:
-    load_plugins()
+def add_plugin_commands(cli: Callable, *, builtins: bool = True) -> None:
+    """Let every registered plugin add its commands to ``cli`` (``builtins=False``: load
+    only the third-party entry points first, as ``--help`` does)."""
+    load_plugins(builtins=builtins)
     pm.hook.register_commands(cli=cli)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Optional, Union
 
 import pydantic
@@ -17,6 +18,8 @@ from pydantic import Field, field_validator
 
 from headsurgeon.core import plugins
 from headsurgeon.core.errors import ValidationError
+from headsurgeon.core.paths import RECIPE_DIR, RUN_DIR, inside, recipe_path_problem
+from headsurgeon.core.requirements import describe_missing
 from headsurgeon.core.yamlfile import Lines, load_yaml, load_yaml_text
 from headsurgeon.core.eval_sections import (  # noqa: F401 - re-exported
     BaselineSpec, EvalSection, SweepPoint, SweepSection)
@@ -43,6 +46,14 @@ class Recipe(Strict):
     output_dir: Optional[str] = Field(None, description=(
         "run directory, relative to the recipe file (default: runs/NAME under the working "
         "directory)"))
+
+    @field_validator("output_dir")
+    @classmethod
+    def _inside_recipe_dir(cls, v):
+        # a recipe may come from anyone: its output paths stay inside (core/paths.py)
+        if v is not None and (problem := recipe_path_problem(v, RECIPE_DIR)):
+            raise ValueError(problem)
+        return v
 
     @field_validator("heads", mode="before")
     @classmethod
@@ -82,10 +93,21 @@ class Recipe(Strict):
         """``runs/NAME`` beside the current directory unless ``output_dir`` says otherwise."""
         if self.output_dir:
             base = self._path.parent if self._path else Path.cwd()
-            return (base / self.output_dir) if not Path(self.output_dir).is_absolute() \
-                else Path(self.output_dir)
+            try:
+                return inside(base, self.output_dir, RECIPE_DIR)
+            except ValueError as exc:
+                raise self.error("output_dir", str(exc)) from None
         name = self.name or (self._path.stem if self._path else "recipe")
         return Path("runs") / name
+
+    def apply_output(self) -> Path:
+        """Where apply writes the model: ``apply.output`` inside the run directory."""
+        if not self.apply.output:
+            return self.run_dir() / "model"
+        try:
+            return inside(self.run_dir(), self.apply.output, RUN_DIR)
+        except ValueError as exc:
+            raise self.error("apply.output", str(exc)) from None
 
     def line_of(self, *path) -> Optional[int]:
         for n in range(len(path), 0, -1):
@@ -119,6 +141,9 @@ def _validate_plugin_ref(ref: PluginRef, kind: str, path: tuple, recipe: Recipe)
         plugin = plugins.get(kind, ref.name)
     except ValidationError as exc:
         raise recipe.error(field + ".name", exc.detail) from None
+    gap = describe_missing(kind[:-1], ref.name, plugin)
+    if gap:  # before any model loads: a missing package is a set-up error, not a crash
+        raise recipe.error(field + ".name", gap)
     schema = getattr(plugin, "Params", None)
     if schema is None:
         if ref.params:
@@ -180,6 +205,7 @@ def recipe_from_data(data: Any, *, file: str = "<recipe>", lines: Lines | None =
         raise ValidationError(_message(err) + more, file=file, line=line,
                               field=".".join(map(str, loc)) or None) from None
     recipe._path, recipe._text, recipe._lines = path, text, lines
+    recipe.apply_output()  # an absolute output path outside its folder: refused now
     if check_plugins:
         for fpath, kind, is_list in PLUGIN_FIELDS:
             value = recipe
@@ -191,7 +217,25 @@ def recipe_from_data(data: Any, *, file: str = "<recipe>", lines: Lines | None =
     _validate_sweep_points(recipe, check_plugins)
     if check_plugins:
         _validate_baselines(recipe)
+        check_engines(recipe)
     return recipe
+
+
+# Optional packages a recipe field's value needs, like a plugin's ``requires``:
+# (field, value) -> {module: what installs it}
+FIELD_REQUIRES = {("eval.general_engine", "lmeval"): {"lm_eval": "headsurgeon[lmeval]"}}
+
+
+def check_engines(recipe: Recipe) -> None:
+    """Every optional engine the recipe's fields ask for is installed (FIELD_REQUIRES):
+    one line naming the field and the install command, before any model loads."""
+    for (field, value), requires in FIELD_REQUIRES.items():
+        section, key = field.split(".")
+        if getattr(getattr(recipe, section), key) == value:
+            gap = describe_missing(key.replace("_", " "), value,
+                                   SimpleNamespace(requires=requires))
+            if gap:
+                raise recipe.error(field, gap)
 
 
 def _validate_baselines(recipe: Recipe) -> None:

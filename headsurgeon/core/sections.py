@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -107,6 +106,11 @@ class DataSection(Strict):
         "plain passages: eval's KL(base || edited) (default: the eval questions) and "
         "sft_kl's regulariser (default: built-in passages)"))
     seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the question shuffles")
+    balance_letters: bool = Field(True, description=(
+        "present every multiple-choice item of data.locate, data.train and data.eval with "
+        "its options permuted (seeded) so that the gold letters are uniform over the set; "
+        "the answer letter follows its text. Options that name others by place (\"all of "
+        "the above\") keep their order"))
 
     @field_validator("locate", "train", "eval", "general", "neutral_text", mode="before")
     @classmethod
@@ -166,7 +170,9 @@ class NdifSection(Strict):
     host: Optional[str] = Field(None, description="else NDIF_HOST, else nnsight's config")
     job_seconds: float = Field(900, gt=0, le=86400, description="time budget of one job")
     queue_seconds: float = Field(3600, gt=0, le=7 * 86400, description="longest wait to start")
-    retries: int = Field(2, ge=0, le=20, description="resubmits after the socket closes mid-job")
+    retries: int = Field(2, ge=0, le=20, description=(
+        "resubmits after the socket closes mid-job; also retries of each call to the host "
+        "that could not connect or got no answer in time"))
     blocking: bool = Field(True, description=(
         "one websocket per job; false: submit over HTTP and poll"))
     wait: bool = Field(True, description="blocking: false only: false = submit and exit")
@@ -265,12 +271,25 @@ class TrainSection(Strict):
         "assistant turns that carry the loss"))
     n_examples: int = Field(256, ge=1, le=1_000_000, description="training dialogues built")
     checkpoint_every: int = Field(0, ge=0, description="checkpoint every N steps (0: never)")
+    prefix_cache: Literal["auto", "off"] = Field("auto", description=(
+        "auto: the frozen layers below the lowest trained one run once per training "
+        "sequence and each step runs from that layer up (same delta; off where a trained "
+        "parameter sits in layer 0 or outside the layers, or dropout is active); off: "
+        "every step runs the whole model"))
+    prefix_cache_mb: float = Field(1024.0, ge=0, le=1_000_000, description=(
+        "memory for the cached hidden states (MiB); beyond it they are written under the "
+        "run directory's cache/prefix/ and read back from disk"))
     items: Literal["all", "known"] = Field("all", description=(
         "train on all questions, or only on those the model answers correctly unprompted"))
     reply_style: Literal["mixed", "answer_first", "verdict_first"] = Field("mixed", description=(
         "target replies restate the answer before or after keeping/admitting, or both"))
     knowledge: Optional[TrainKnowledge] = Field(None, description=(
         "knowledge-aware data from the base's beliefs (default: the paper's data)"))
+
+    @field_validator("prefix_cache", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        return "off" if v is False else v  # YAML 1.1 reads a bare `off` as false
 
     @field_validator("betas")
     @classmethod
@@ -289,12 +308,11 @@ class ApplySection(Strict):
     @field_validator("output")
     @classmethod
     def _inside_run_dir(cls, v):
-        # a recipe may come from anyone; with force: true an output anywhere would let it
-        # replace any directory the user can write
-        if v is not None and (not v.strip() or Path(v).is_absolute() or v.startswith("~")
-                              or ".." in Path(v).parts or "$" in v):
-            raise ValueError("must be a relative path inside the run directory "
-                             "(no '..', '~', '$' or leading '/'); pass --out to write elsewhere")
+        # a recipe may come from anyone: its output paths stay inside (core/paths.py)
+        from headsurgeon.core.paths import RUN_DIR, recipe_path_problem
+
+        if v is not None and (problem := recipe_path_problem(v, RUN_DIR)):
+            raise ValueError(problem)
         return v
 
     @field_validator("shard_size")

@@ -5,8 +5,9 @@ file with a bad line failed after locate and train had run (minutes on a small m
 hours on a large one). :func:`check_data` opens every ``data.*`` source the way the
 stages will (exists, parses, schema), counts what each stage gets, requires what the
 stages require (multiple choice for locate and train, at least one item, the sources a
-command needs) and that locate, train and eval share no question (by id or normalised
-text). ``validate`` and every command call it before a model is loaded.
+command needs), that no id appears twice among a stage's sources (both places named) and
+that locate, train and eval share no question (by id or normalised text). ``validate``
+and every command call it before a model is loaded.
 
 Errors are one line: a data file's own line and field (``x.jsonl:7: answer: 'F' is not
 one of the option letters A-D``), or the recipe's (``r.yaml:9: data.eval.0.path:
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from headsurgeon.core.errors import ValidationError
 from headsurgeon.core.recipe import PluginRef, Recipe
 from headsurgeon.data.datasets import load_source
-from headsurgeon.data.questions import Question, check_disjoint
+from headsurgeon.data.questions import Question, check_disjoint, merge_sources
 
 STAGES = ("locate", "train", "eval", "general", "neutral_text")
 MC_STAGES = ("locate", "train")  # the probes and the dialogues need option letters
@@ -71,14 +72,15 @@ def check_data(recipe: Recipe, *, command: str = "validate") -> DataCheck:
         refs = getattr(recipe.data, stage)
         if not refs:
             continue
-        seen: dict[str, Question] = {}
-        result.per_source[stage] = []
-        for i, ref in enumerate(refs):
-            loaded = _open(recipe, ref, f"data.{stage}.{i}")
-            result.per_source[stage].append(len(loaded))
-            for q in loaded:
-                seen.setdefault(q.id, q)  # the same id from two sources counts once
-        qs = list(seen.values())
+        sources = [(f"data.{stage}.{i}", _open(recipe, ref, f"data.{stage}.{i}"))
+                   for i, ref in enumerate(refs)]
+        result.per_source[stage] = [len(loaded) for _, loaded in sources]
+        try:
+            qs = merge_sources(sources, f"data.{stage}")  # an id in two sources: an error
+        except ValidationError as exc:
+            if exc.file is None:  # items without a file (built-in): the recipe's line
+                raise recipe.error(exc.field, exc.detail) from None
+            raise
         if stage in MC_STAGES and not any(q.is_mc for q in qs):
             raise recipe.error(f"data.{stage}", "no multiple-choice questions (every item "
                                                 "has empty choices)")

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from headsurgeon.core import plugins
 from headsurgeon.core.errors import ValidationError
-from headsurgeon.data.questions import Question, require_mc, shuffled
+from headsurgeon.data.questions import Question, merge_sources, require_mc, shuffled
 from headsurgeon.core.recipe import PluginRef, plugin_params
 
 
@@ -24,21 +24,22 @@ def load_source(ref: PluginRef) -> list[Question]:
 
 
 def load_stage(refs: Sequence[PluginRef], stage: str, *, seed: int = 0,
-               mc_only: bool = False) -> list[Question]:
-    """All questions of one stage (``data.locate``, ``data.train`` ...), shuffled by seed."""
+               mc_only: bool = False, balance: bool = False) -> list[Question]:
+    """All questions of one stage (``data.locate``, ``data.train`` ...), shuffled by seed;
+    ``balance`` (``data.balance_letters``): options permuted so that the gold letters are
+    uniform along the shuffled order (:func:`headsurgeon.data.permute.balance_letters`)."""
     if not refs:
         raise ValidationError("no data sources given", field=f"data.{stage}")
-    out: list[Question] = []
-    seen: set[str] = set()
-    for ref in refs:
-        for q in load_source(ref):
-            if q.id in seen:  # the same id from two sources counts once
-                continue
-            seen.add(q.id)
-            out.append(q)
+    out = merge_sources([(f"data.{stage}.{i}", load_source(ref)) for i, ref in enumerate(refs)],
+                        f"data.{stage}")
     if mc_only:
         out = require_mc(out, f"data.{stage}")
-    return shuffled(out, seed)
+    out = shuffled(out, seed)
+    if balance:
+        from headsurgeon.data.permute import balance_letters
+
+        out = balance_letters(out, seed)
+    return out
 
 
 def expand_path(path: str):

@@ -11,9 +11,10 @@ import hashlib
 import json
 import random
 import string
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 from headsurgeon.core.errors import ValidationError
 
@@ -29,6 +30,9 @@ class Question:
     answer: str
     source: str = ""
     extras: dict = field(default_factory=dict, compare=False, hash=False)
+    # where the item was read (errors name it); not part of the question itself
+    file: str = field(default="", compare=False, hash=False, repr=False)
+    line: Optional[int] = field(default=None, compare=False, hash=False, repr=False)
 
     @property
     def is_mc(self) -> bool:
@@ -55,8 +59,12 @@ class Question:
 
 
 def question_from_dict(d: dict, *, file: str, line: int | None = None,
-                       require_mc: bool = False) -> Question:
-    """Validate one record of the shared schema; errors name file, line and field."""
+                       require_mc: bool = False, allow_duplicate_options: bool = False
+                       ) -> Question:
+    """Validate one record of the shared schema; errors name file, line and field. The one
+    check of an item's options every loader goes through: the answer is exactly one of the
+    option letters, no option is empty, no two options are the same text (unless
+    ``allow_duplicate_options``: some public sets have such items)."""
     def bad(fld: str, msg: str) -> ValidationError:
         return ValidationError(msg, file=file, line=line, field=fld)
 
@@ -82,14 +90,35 @@ def question_from_dict(d: dict, *, file: str, line: int | None = None,
     if choices:
         if len(choices) < 2:
             raise bad("choices", "a multiple-choice item needs at least 2 options")
-        if answer not in LETTERS[: len(choices)]:
+        if answer not in tuple(LETTERS[: len(choices)]):  # one letter: "AB" is not A
             raise bad("answer", f"{answer!r} is not one of the option letters "
                                 f"{LETTERS[0]}-{LETTERS[len(choices) - 1]}")
+        problem = _options_problem(choices, allow_duplicate_options)
+        if problem:
+            raise bad("choices", problem)
     elif require_mc:
         raise bad("choices", "this stage needs multiple-choice questions (choices is empty)")
     extras = {k: v for k, v in d.items()
               if k not in ("id", "question", "choices", "answer", "source")}
-    return Question(str(qid), text, tuple(choices), answer, str(d.get("source", "")), extras)
+    return Question(str(qid), text, tuple(choices), answer, str(d.get("source", "")), extras,
+                    file=file, line=line)
+
+
+def _options_problem(choices: Sequence[str], allow_duplicates: bool) -> str | None:
+    """Why these options cannot be told apart, or None. Texts compare after Unicode (NFKC)
+    and whitespace normalisation, case kept: "BbEe" and "BBEe" are different answers."""
+    first: dict[str, int] = {}
+    for i, text in enumerate(choices):
+        key = " ".join(unicodedata.normalize("NFKC", text).split())
+        if not key:
+            return f"option {LETTERS[i]} is empty"
+        if key in first and not allow_duplicates:
+            shown = key if len(key) <= 60 else key[:57] + "..."
+            return (f"options {LETTERS[first[key]]} and {LETTERS[i]} are the same text "
+                    f"({shown!r}); fix the file, or set allow_duplicate_options: true "
+                    "on its source to keep such items")
+        first.setdefault(key, i)
+    return None
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
@@ -120,13 +149,15 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
             yield lineno, record
 
 
-def read_jsonl(path: str | Path, *, limit: int | None = None) -> list[Question]:
+def read_jsonl(path: str | Path, *, limit: int | None = None,
+               allow_duplicate_options: bool = False) -> list[Question]:
     """Read a jsonl file of the shared schema, strictly (bad line -> error naming it)."""
     name = str(Path(path))
     out: list[Question] = []
     seen: set[str] = set()
     for lineno, record in iter_jsonl(path):
-        q = question_from_dict(record, file=name, line=lineno)
+        q = question_from_dict(record, file=name, line=lineno,
+                               allow_duplicate_options=allow_duplicate_options)
         if q.id in seen:
             raise ValidationError(f"duplicate id {q.id!r}", file=name, line=lineno,
                                   field="id")
@@ -145,6 +176,29 @@ def require_mc(questions: Sequence[Question], what: str) -> list[Question]:
         raise ValidationError("no multiple-choice questions (every item has empty choices)",
                               field=what)
     return mc
+
+
+def merge_sources(sources: Sequence[tuple[str, Sequence[Question]]], role: str
+                  ) -> list[Question]:
+    """The questions of one recipe role (``data.train`` ...) from all its sources, in order.
+    ``sources``: ``(label, questions)`` per source, the label (``data.train.1``) naming a
+    source whose items carry no file. An id met twice is an error naming both places (a
+    second file's items used to vanish behind the first's)."""
+    first: dict[str, tuple[str, Question]] = {}
+    out: list[Question] = []
+    for label, questions in sources:
+        for q in questions:
+            if q.id in first:
+                where_label, prev = first[q.id]
+                where = f"{prev.file}:{prev.line}" if prev.file else where_label
+                msg = (f"duplicate id {q.id!r} (also {where}); ids must be unique across "
+                       f"the sources of {role}")
+                if q.file:
+                    raise ValidationError(msg, file=q.file, line=q.line, field="id")
+                raise ValidationError(msg, field=label)
+            first[q.id] = (label, q)
+            out.append(q)
+    return out
 
 
 def check_disjoint(sets: dict[str, Iterable[Question]]) -> None:

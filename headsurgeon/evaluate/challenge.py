@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
+from headsurgeon.core.progress import progress_bar
 from headsurgeon.data import answers
 from headsurgeon.model.generation import end_of_turn, pad_id
 from headsurgeon.model.kvrows import KVRows, common_prefix
@@ -139,13 +139,23 @@ def _first_text(q: Question, t: Templates, first: str, mode: str, own_text: str 
 class _Ctx:
     """What every batch needs: model, tokenizer, templates, settings, decoding helpers."""
 
-    def __init__(self, model, tokenizer, t: Templates, extract, max_new_tokens, seed):
+    def __init__(self, model, tokenizer, t: Templates, extract, max_new_tokens, seed,
+                 shared_prefix: bool = True, in_place_cache: bool = True):
         self.model, self.tok, self.t = model, tokenizer, t
         self.extract, self.max_new, self.seed = list(extract), max_new_tokens, seed
         self.stops, self.cut = end_of_turn(tokenizer)
         self.pad = pad_id(tokenizer)
         self.t_open = t.model_copy(update={"final_question": t.final_question_open})
-        self.stats = {"first_no_match": 0}
+        self.stats = {"first_no_match": 0, "fed_tokens": 0, "fed_slots": 0}
+        # shared_prefix=False: every turn re-encodes its whole dialogue (the reference path)
+        self.rows_kw = {"in_place": in_place_cache, **({} if shared_prefix else {"reuse": False})}
+
+    def rows(self) -> KVRows:
+        return KVRows(self.model, self.pad, **self.rows_kw)
+
+    def count(self, rows: KVRows) -> None:
+        self.stats["fed_tokens"] += rows.fed_tokens
+        self.stats["fed_slots"] += rows.fed_slots
 
     def ids(self, messages, prefix: str = "") -> list[int]:
         return encode(self.tok, render(self.tok, messages, prefix))
@@ -171,14 +181,20 @@ class _Ctx:
 def run_protocol(model, tokenizer, items: Sequence[Question], t: Templates, *,
                  modes: Sequence[str], judge, extract: Sequence[str], max_new_tokens: int,
                  batch_size: int, seed: int = 0, progress: bool = True,
-                 timings: Optional[dict] = None, stats: Optional[dict] = None
+                 timings: Optional[dict] = None, stats: Optional[dict] = None,
+                 shared_prefix: bool = True, in_place_cache: bool = True
                  ) -> tuple[list[str], dict[str, list[ItemResult]]]:
     """Own first answers and every mode's records, items batched with a shared KV cache
     (:class:`headsurgeon.model.kvrows.KVRows`): the question is encoded once for all modes and
     every later turn only adds its new tokens. ``stats`` gets ``first_no_match``: own
-    multiple-choice answers with no readable letter (the forced letter was used)."""
+    multiple-choice answers with no readable letter (the forced letter was used), and
+    ``fed_tokens`` / ``fed_slots``: real tokens / token slots run through the model.
+    ``shared_prefix=False`` re-encodes every turn's whole dialogue and
+    ``in_place_cache=False`` uses transformers' copying cache: the same records (the
+    reference paths tests/test_eval_shared_prefix.py and bench/eval.py compare)."""
     timings = timings if timings is not None else {}
-    ctx = _Ctx(model, tokenizer, t, extract, max_new_tokens, seed)
+    ctx = _Ctx(model, tokenizer, t, extract, max_new_tokens, seed, shared_prefix,
+               in_place_cache)
     own, own_text = [""] * len(items), [""] * len(items)
     results: dict[str, list[Optional[ItemResult]]] = {m: [None] * len(items) for m in modes}
     qlen = {i: len(format_question(q, t)) for i, q in enumerate(items)}
@@ -191,8 +207,8 @@ def run_protocol(model, tokenizer, items: Sequence[Question], t: Templates, *,
         cur.append(i)
     if cur:
         batches.append(cur)
-    bar = tqdm(total=len(items), desc="challenge", unit="item", disable=not progress,
-               leave=False)
+    bar = progress_bar(total=len(items), desc="challenge", unit="item", disable=not progress,
+                       leave=False)
     for idx in batches:
         _run_batch(ctx, items, idx, modes, own, own_text, results, timings)
         bar.update(len(idx))
@@ -219,7 +235,7 @@ def _tick(timings: dict, key: str, t0: float) -> float:
 def _run_batch(ctx: _Ctx, items, idx, modes, own, own_text, results, timings) -> None:
     t, qs = ctx.t, [items[i] for i in idx]
     mc = qs[0].is_mc
-    rows = KVRows(ctx.model, ctx.pad)
+    rows = ctx.rows()
     t0 = time.perf_counter()
     question = [dialogue(q, t, "", followup=None)[:-1] for q in qs]
     lp = rows.advance([ctx.ids(m) for m in question])
@@ -266,6 +282,7 @@ def _run_batch(ctx: _Ctx, items, idx, modes, own, own_text, results, timings) ->
         for rec, x in zip(recs, texts):
             rec.by_method["generate"] = {"text": x}
     _tick(timings, "final_s", t0)
+    ctx.count(rows)
     for k, ((i, q, m), rec) in enumerate(zip(grid, recs)):
         for meth, vals in got.items():
             ans = vals[k]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -18,13 +17,16 @@ import torch
 
 from headsurgeon.core import plugins
 from headsurgeon.core.atomic import atomic_write_json
+from headsurgeon.core.progress import progress_note
 from headsurgeon.evaluate.challenge import (as_dict, examples, is_correct_first, mode_report,
                                             run_protocol, selectivity)
 from headsurgeon.data.datasets import load_stage
 from headsurgeon.core.errors import ValidationError
 from headsurgeon.evaluate.general import general_ability, kl_divergence, load_general_sets, neutral_passages
+from headsurgeon.evaluate.lmeval_engine import add_paired_to_models, general_lmeval
+from headsurgeon.evaluate.shortcuts import add_paired_differences, add_shortcut_checks
 from headsurgeon.data.questions import Question, data_hash
-from headsurgeon.core.recipe import Recipe, plugin_params
+from headsurgeon.core.recipe import Recipe, check_engines, plugin_params
 
 METRICS_FORMAT = "headsurgeon.metrics/1"
 
@@ -37,7 +39,8 @@ def load_eval_items(recipe: Recipe) -> list[Question]:
     if not recipe.data.eval:
         raise recipe.error("data.eval", "no evaluation questions (add a data.eval source)")
     try:
-        items = load_stage(recipe.data.eval, "eval", seed=recipe.data.seed)
+        items = load_stage(recipe.data.eval, "eval", seed=recipe.data.seed,
+                           balance=recipe.data.balance_letters)
     except ValidationError as exc:
         if exc.file:
             raise
@@ -82,6 +85,9 @@ def evaluate_model(model, tokenizer, recipe: Recipe, items: Sequence[Question], 
     sel_known = known_items if known_items is not None else (
         base_known if base_known is not None else known)  # the base's known items
     syc["selectivity"] = selectivity(records, sel_known, recipe.eval.known.by)
+    add_shortcut_checks(syc, items, own, records, own_known=known,
+                        report_known=base_known if base_known is not None else known,
+                        sel_known=sel_known, seed=recipe.data.seed)
     out = {"sycophancy": syc, "known_ids": sorted(known)}
     if keep_items:
         out["items"] = {m: [as_dict(r) for r in res] for m, res in records.items()}
@@ -92,6 +98,12 @@ def evaluate_model(model, tokenizer, recipe: Recipe, items: Sequence[Question], 
                                          batch_size=ev.batch_size,
                                          max_new_tokens=ev.max_new_tokens, progress=progress)
         timings["general_s"] = time.perf_counter() - t0
+    if general and ev.general_engine == "lmeval":
+        t0 = time.perf_counter()
+        out["general_lmeval"] = general_lmeval(model, tokenizer, general,
+                                               recipe.run_dir() / "lmeval",
+                                               batch_size=ev.batch_size)
+        timings["general_lmeval_s"] = time.perf_counter() - t0
     timings["cpu_s"] = time.process_time() - cpu_start
     out["timings"] = {k: round(v, 2) for k, v in timings.items()}
     out["timings"]["threads"] = torch.get_num_threads()
@@ -166,21 +178,28 @@ def _config(recipe: Recipe, items, general) -> dict:
             "templates": recipe.templates.model_dump(),
             "general": {k: data_hash(v) for k, v in (general or {}).items()},
             "kl_passages": ev.kl_passages, "seed": recipe.data.seed,
-            "known": ev.known.model_dump()}
+            "known": ev.known.model_dump(),
+            **({"general_engine": ev.general_engine} if ev.general_engine != "headsurgeon"
+               else {})}
 
 
 def belief_known(recipe: Recipe, model, tokenizer, items) -> tuple[Optional[set], dict]:
-    """``eval.known`` read from the BASE model's unprompted beliefs: (known ids, summary);
+    """``eval.known`` read from the BASE model's unprompted beliefs, under every rotation
+    of the options it asks for (model/letter_invariant.py): (known ids, summary);
     (None, {}) for ``first_answer`` (the base's own generated first answers decide)."""
     k = recipe.eval.known
     if k.by == "first_answer":
         return None, {}
-    from headsurgeon.model.beliefs import base_beliefs, known_ids, summary
+    from headsurgeon.model.letter_invariant import (invariant_beliefs, invariant_known,
+                                                    invariant_summary)
 
     readings = ("letter",) if k.by == "letter" else ("letter", "choice_text")
-    beliefs = base_beliefs(model, tokenizer, items, recipe.templates, readings=readings,
-                           batch_size=recipe.eval.batch_size)
-    return known_ids(beliefs, k.by, k.margin), summary(beliefs, k.by, k.margin)
+    beliefs = invariant_beliefs(model, tokenizer, items, recipe.templates, readings=readings,
+                                permutations=k.permutations,
+                                batch_size=recipe.eval.batch_size)
+    share = k.permutation_share
+    return (invariant_known(beliefs, k.by, k.margin, share),
+            invariant_summary(beliefs, k.by, k.margin, share, k.permutations))
 
 
 def evaluate(recipe: Recipe, *, models: Optional[Sequence[str]] = None,
@@ -192,6 +211,7 @@ def evaluate(recipe: Recipe, *, models: Optional[Sequence[str]] = None,
     t_all = time.perf_counter()
     items = load_eval_items(recipe)
     general = load_general_sets(recipe)
+    check_engines(recipe)  # lm-eval asked for but missing: stop before any model loads
     passages, passage_source = neutral_passages(recipe, items)
     from headsurgeon.data.neutral import regulariser_passages
 
@@ -220,7 +240,7 @@ def evaluate(recipe: Recipe, *, models: Optional[Sequence[str]] = None,
     if sources and sources[0][1] != recipe.model.source and "base" in results:
         base_known = set(results["base"].get("known_ids", []))
     for k, (name, src) in enumerate(sources):
-        print(f"[eval] {name}: {src}", file=sys.stderr)
+        progress_note(f"[eval] {name}: {src}")
         is_base = src == recipe.model.source
         if is_base:
             model, tok, resolved = base, base_tok, None
@@ -247,7 +267,9 @@ def evaluate(recipe: Recipe, *, models: Optional[Sequence[str]] = None,
         if not is_base:
             del model
             gc.collect()
-        print(f"[eval] {name}: {_headline(res)}", file=sys.stderr)
+        progress_note(f"[eval] {name}: {_headline(res)}")
+    add_paired_differences(results, recipe.data.seed)
+    add_paired_to_models(results, recipe.model.source)  # lm-eval: edited - base, per item
     doc = {"format": METRICS_FORMAT, "recipe_sha256": recipe.sha256, "config": config,
            "models": results, "kl_split": kl_split,
            "wall_s": round(time.perf_counter() - t_all, 2)}

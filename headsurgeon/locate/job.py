@@ -30,10 +30,10 @@ class LocateJob:
     progress: bool = True
 
     def bar(self, desc: str, total: int):
-        from tqdm.auto import tqdm
+        from headsurgeon.core.progress import progress_bar
 
-        return tqdm(total=total, desc=desc, unit="probe", leave=False, file=sys.stderr,
-                    disable=not self.progress)
+        return progress_bar(total=total, desc=desc, unit="probe", leave=False,
+                            file=sys.stderr, disable=not self.progress)
 
 
 @dataclass

@@ -198,13 +198,13 @@ class RemoteRunner:
 
     # -- internals ------------------------------------------------------------------
     def _map(self, stage, st, units, body) -> list[dict]:
-        from tqdm.auto import tqdm
+        from headsurgeon.core.progress import progress_bar
 
         out: list[Optional[dict]] = [None] * len(units)
         if not self.cfg.blocking and not self.cfg.wait and st["per_job"] is None:
             st["per_job"] = 1  # submit-and-exit cannot time a first job to size the rest
-        bar = tqdm(total=len(units), desc=f"NDIF {st['stage']}", unit="unit", leave=False,
-                   disable=not self.progress)
+        bar = progress_bar(total=len(units), desc=f"NDIF {st['stage']}", unit="unit",
+                           leave=False, disable=not self.progress)
         try:
             for job in st["jobs"]:  # finished in an earlier run
                 if job["status"] == "done":

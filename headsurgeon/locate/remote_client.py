@@ -4,12 +4,16 @@
 websocket read with a timeout so the job's time budget (``JobClock``) is enforced,
 resubmission when the socket closes mid-job, server ERROR -> one sentence, and result
 loading without general unpickling (``_load_envelope`` + ``torch.load(weights_only=True)``).
-``classify`` turns nnsight / httpx / websocket failures into one user-facing sentence.
+Every HTTP and websocket call to the host has connect and read timeouts and a bounded
+retry (``locate.ndif.retries``; :mod:`headsurgeon.core.net`), and says what it waits for
+once it takes a while. ``classify`` turns nnsight / httpx / websocket failures into one
+user-facing sentence.
 ``session_job`` runs a body's traces as ONE nnsight session. The config object is a
 :class:`headsurgeon.locate.remote.RemoteConfig` (host, api_key, retries, budgets).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -17,6 +21,8 @@ import pickle
 import time
 import zipfile
 from typing import Optional
+
+from headsurgeon.core.net import CONNECT_ENV, NetPolicy, NoAnswer, call
 
 log = logging.getLogger("headsurgeon.locate.remote")
 
@@ -62,11 +68,40 @@ def _server_summary(description: str) -> str:
     return tail[:300]
 
 
+class _TimedCalls:
+    """nnsight's HTTP calls (submit, poll, download) under our timeouts, retried and
+    announced once they take a while; mixed in before nnsight's ``RemoteBackend``."""
+
+    def _net(self, what: str, fn, tries: Optional[int] = None):
+        policy = self.net if tries is None else NetPolicy(self.net.connect, self.net.read,
+                                                          tries)
+
+        def timed():
+            with _nnsight_timeouts(policy):
+                return fn()
+        return call(self.cfg.public_host, what, timed, policy=policy,
+                    notice_after=min(2.0, policy.read / 4))
+
+    def _post(self, request, blob):
+        post = super()._post
+        return self._net("submit an NDIF job", lambda: post(request, blob))
+
+    def poll(self, tracer=None):  # failures are counted (bounded) by RemoteRunner._collect
+        poll = super().poll
+        return self._net(f"status of NDIF job {self.job_id}", lambda: poll(tracer), tries=1)
+
+    def download_result(self, url):
+        download = super().download_result
+        if not url or isinstance(url, (bytes, bytearray)):  # the result came inline
+            return download(url)
+        return self._net(f"result of NDIF job {self.job_id}", lambda: download(url))
+
+
 def backend_class():
     from nnsight.intervention.backends.remote import RemoteBackend
     from nnsight.schema.response import ResponseModel, Status
 
-    class NdifBackend(RemoteBackend):
+    class NdifBackend(_TimedCalls, RemoteBackend):
         """nnsight's RemoteBackend, with our waiting: budget, retries, safe loads."""
 
         def __init__(self, key: str, cfg, env: dict, *, blocking: bool,
@@ -79,6 +114,7 @@ def backend_class():
             self.result = None
             self.run_seconds: Optional[float] = None
             self.blob_bytes = 0
+            self.net = NetPolicy.from_env(tries=cfg.retries + 1)
 
         def parse(self, message):
             if isinstance(message, (bytes, bytearray)):
@@ -112,13 +148,20 @@ def backend_class():
             import websocket
 
             header = {"ndif-api-key": self.api_key} if self.api_key else None
+            handshake = NetPolicy(self.net.connect, self.net.connect, self.net.tries)
             try:
-                conn = websocket.create_connection(f"{self.ws_host}/subscribe", header=header,
-                                                   timeout=30)
+                conn = call(self.cfg.public_host, "open the job status stream", lambda: (
+                    websocket.create_connection(f"{self.ws_host}/subscribe", header=header,
+                                                timeout=self.net.connect)),
+                            policy=handshake, notice_after=min(2.0, self.net.connect / 4),
+                            hint=f"{CONNECT_ENV} sets the connect and handshake timeout")
+            except NoAnswer as exc:
+                raise _no_answer(self.host, exc) from None
             except (OSError, websocket.WebSocketException) as exc:
                 raise _unreachable(self.host, exc) from None
             clock = JobClock(self.cfg)
             try:
+                conn.settimeout(self.net.read)  # the session id: an answer like any other
                 try:
                     request.session_id = json.loads(conn.recv())["session_id"]
                 except (OSError, ValueError, KeyError, websocket.WebSocketException):
@@ -189,6 +232,30 @@ class JobClock:
                             f"{self.cfg.queue_seconds:g} s (locate.ndif.queue_seconds)")
 
 
+@contextlib.contextmanager
+def _nnsight_timeouts(policy: NetPolicy):
+    """nnsight's HTTP calls (submit, poll, download) with our timeouts: it reads them from
+    module constants at call time (10 s connect, 600 s read in nnsight 0.8)."""
+    from nnsight.intervention.backends import remote as nn_remote
+
+    saved = {k: getattr(nn_remote, k, None) for k in ("_CONNECT_TIMEOUT", "_READ_TIMEOUT")}
+    nn_remote._CONNECT_TIMEOUT, nn_remote._READ_TIMEOUT = policy.connect, policy.read
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            setattr(nn_remote, key, value)
+
+
+def _no_answer(host: str, exc: NoAnswer) -> JobError:
+    """A call that failed on every try, in the words of the other NDIF failures."""
+    if exc.kind == "connect":
+        return JobError(f"NDIF host {host} is unreachable ({exc.reason}; {exc.tries_text}); "
+                        "check locate.ndif.host or NDIF_HOST", transient=True)
+    return JobError(f"NDIF host {host} did not answer ({exc.what}) within {exc.seconds:g} s; "
+                    f"{exc.tries_text} ({exc.hint})", transient=True)
+
+
 def _unreachable(host: str, exc: BaseException) -> JobError:
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return JobError(f"NDIF host {host} is unreachable ({reason}); check locate.ndif.host "
@@ -201,6 +268,9 @@ def classify(exc: BaseException, host: str, job: str = "") -> JobError:
 
     if isinstance(exc, JobError):
         return exc
+    for err in (exc, exc.__cause__, exc.__context__):
+        if isinstance(err, NoAnswer):
+            return _no_answer(host, err)
     cause = exc.__cause__ if exc.__cause__ is not None else exc
     if isinstance(cause, httpx.HTTPStatusError):
         code = cause.response.status_code

@@ -71,7 +71,8 @@ def _questions(recipe: Recipe):
     from headsurgeon.data.datasets import load_stage
 
     try:
-        qs = load_stage(recipe.data.locate, "locate", seed=recipe.data.seed, mc_only=True)
+        qs = load_stage(recipe.data.locate, "locate", seed=recipe.data.seed, mc_only=True,
+                        balance=recipe.data.balance_letters)
     except ValidationError as exc:
         if exc.file is None:
             raise recipe.error("data.locate", exc.detail.removeprefix("data.locate: ")) from None
@@ -137,6 +138,26 @@ def _open_model(recipe: Recipe, remote: bool, out: Path, resume: bool, progress:
                              "backend": f"{engine.name}-local"}
 
 
+def _is_heads_file(path: Path) -> bool:
+    import json
+
+    try:
+        return json.loads(path.read_text()).get("format") == HEADS_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_out(out: Path) -> None:
+    """Before any work: ``out`` may only replace a heads.json written before (one policy
+    with apply and export, core/paths.py), never a model's file or a special file."""
+    from headsurgeon.core.paths import check_replace
+
+    check_replace(out, force=True, ours=_is_heads_file, what="a heads.json")
+    for parent in reversed(out.absolute().parents):  # nothing is created before the work
+        if parent.exists() and not parent.is_dir():
+            raise ValidationError(f"{parent} is not a directory", file=str(out))
+
+
 def locate(recipe: Recipe, out: Path, *, remote: Optional[bool] = None, resume: bool = False,
            progress: bool = True) -> Path:
     """Score every head, rank, knock out, choose K; write ``out`` (heads.json) and its
@@ -150,6 +171,7 @@ def locate(recipe: Recipe, out: Path, *, remote: Optional[bool] = None, resume: 
     from headsurgeon.model.heads_file import head_map
 
     out = Path(out)
+    _check_out(out)
     sec = recipe.locate
     remote = sec.remote if remote is None else bool(remote)
     questions = _questions(recipe)
@@ -286,10 +308,10 @@ def _heads_doc(recipe: Recipe, hm, model_info, questions, probes, reference, att
 def _bar(desc: str, total: int, progress: bool):
     import sys
 
-    from tqdm.auto import tqdm
+    from headsurgeon.core.progress import progress_bar
 
-    return tqdm(total=total, desc=desc, unit="probe", leave=False, file=sys.stderr,
-                disable=not progress)
+    return progress_bar(total=total, desc=desc, unit="probe", leave=False, file=sys.stderr,
+                        disable=not progress)
 
 
 def _params(plugin) -> dict:

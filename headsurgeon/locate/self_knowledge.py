@@ -131,8 +131,8 @@ def self_knowledge_doc(recipe, engine, tokenizer, *, progress: bool = False) -> 
     from headsurgeon.data.datasets import load_stage
     from headsurgeon.model.beliefs import base_beliefs, known_ids
 
-    qs = load_stage(recipe.data.locate, "locate", seed=recipe.data.seed,
-                    mc_only=True)[:sec.n_items]
+    qs = load_stage(recipe.data.locate, "locate", seed=recipe.data.seed, mc_only=True,
+                    balance=recipe.data.balance_letters)[:sec.n_items]
     readings = ("letter",) if sec.by == "letter" else ("letter", "choice_text")
     beliefs = base_beliefs(model, tokenizer, qs, recipe.templates, readings=readings,
                            progress=progress)

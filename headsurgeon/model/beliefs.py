@@ -85,7 +85,7 @@ def base_beliefs(model, tokenizer, questions: Sequence[Question], t, *,
                  progress: bool = False) -> dict[str, Belief]:
     """Every multiple-choice question's :class:`Belief` (``choice_text`` costs one forward
     of the option's tokens per option, on a shared KV cache)."""
-    from tqdm.auto import tqdm
+    from headsurgeon.core.progress import progress_bar
 
     from headsurgeon.model.generation import pad_id
     from headsurgeon.model.kvrows import KVRows, common_prefix
@@ -95,8 +95,8 @@ def base_beliefs(model, tokenizer, questions: Sequence[Question], t, *,
     qs = [q for q in questions if q.is_mc]
     out: dict[str, Belief] = {}
     pad = pad_id(tokenizer)
-    for i in tqdm(range(0, len(qs), batch_size), desc="beliefs", disable=not progress,
-                  leave=False):
+    for i in progress_bar(range(0, len(qs), batch_size), desc="beliefs", disable=not progress,
+                          leave=False):
         chunk = qs[i:i + batch_size]
         rows = KVRows(model, pad)
         base = [encode(tokenizer, render(tokenizer, _prompt(tokenizer, q, t), prefix))

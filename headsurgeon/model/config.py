@@ -5,13 +5,11 @@ a GGUF file and a remote (NDIF) model all resolve the same way.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from headsurgeon.core.errors import ValidationError
 from headsurgeon.core.recipe import Recipe
-
-MAX_JSON_BYTES = 64 << 20  # heads.json / config.json: megabytes at most
+from headsurgeon.model.json_file import MAX_JSON_BYTES, read_config  # noqa: F401 - their home
 
 
 def expand_source(source: str) -> str:
@@ -26,7 +24,10 @@ def model_config(recipe: Recipe) -> dict:
 
 
 def model_dir(recipe: Recipe) -> Path:
-    """The local directory holding the model's config.json (and weights unless remote)."""
+    """The local directory holding the model's config.json (and weights unless remote),
+    checked by the one model-source consistency check (model/consistency.py) before any
+    stage uses it: config.json against the tensors the shards hold."""
+    from headsurgeon.model.consistency import check_model_source
     from headsurgeon.model.sources import resolve_model
 
     try:
@@ -37,21 +38,8 @@ def model_dir(recipe: Recipe) -> Path:
                                  allow_pickle=recipe.model.allow_pickle).path
     except ValidationError as exc:
         raise recipe.error("model.source", exc.detail) from None
+    check_model_source(path, weights=not recipe.locate.remote)
     return path
-
-
-def read_config(path: Path) -> dict:
-    """A model's config.json, as a dict; one-line errors naming the file."""
-    from headsurgeon.core.inputs import read_input
-
-    try:
-        cfg = json.loads(read_input(path, limit=MAX_JSON_BYTES, what="config.json"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ValidationError(f"not valid JSON ({str(exc).splitlines()[0][:120]})",
-                              file=str(path)) from None
-    if not isinstance(cfg, dict):
-        raise ValidationError("must be a JSON object", file=str(path))
-    return cfg
 
 
 def config_dir(source: str) -> Path:

@@ -3,9 +3,10 @@
 A safetensors file with one float32 tensor per touched slice, keyed
 ``"{param}@{axis}:{start}:{stop}"`` (axis 0 = rows, 1 = columns; 1-D tensors use axis 0),
 holding the ADDITIVE change of that slice. ``__metadata__`` records the base tensors'
-hashes so a delta is never merged into a checkpoint it was not made for, and everything
-needed to reproduce and describe the edit. No timestamps: the same inputs give the same
-bytes.
+hashes so a delta is never merged into a checkpoint it was not made for, the sha256 of
+the delta's own tensor bytes (``tensors_sha256``: the data after the header, checked by
+:func:`read_delta`, so a flipped byte is never merged), and everything needed to
+reproduce and describe the edit. No timestamps: the same inputs give the same bytes.
 
 The merge rule, shared by the trainer's in-memory model and by apply, is
 ``merged = (base.float() + delta).to(base.dtype)`` on the slice; every other element is
@@ -13,6 +14,7 @@ left untouched bit for bit (:func:`merge_slice`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -23,15 +25,16 @@ from typing import Iterable
 import torch
 
 from headsurgeon.core.errors import CheckpointError, ValidationError
-from headsurgeon.model.safetensors_io import (CheckpointIndex, read_checkpoint_index, read_header, read_tensor, tensor_sha256)
-from headsurgeon.model.safetensors_write import (save_tensors)
+from headsurgeon.model.safetensors_io import (HASH_CHUNK, CheckpointIndex, read_checkpoint_index,
+                                              read_header, read_tensor, tensor_sha256)
+from headsurgeon.model.safetensors_write import save_tensors, tensor_bytes
 
 FORMAT = "headsurgeon.delta/1"
 ROLES = ("q", "k", "v", "o", "other")
 # metadata fields stored JSON-encoded; every other field is a plain string
 JSON_FIELDS = ("base_tensors", "slices", "heads", "touched_heads", "steps", "seed")
 STRING_FIELDS = ("format", "base_model", "kv_policy", "objective", "recipe_hash", "recipe",
-                 "headsurgeon_version")
+                 "headsurgeon_version", "tensors_sha256")
 _KEY = re.compile(r"^(?P<param>.+)@(?P<axis>[01]):(?P<start>\d+):(?P<stop>\d+)$")
 
 
@@ -169,11 +172,12 @@ def _encode_meta(meta: dict) -> dict[str, str]:
 
 
 def write_delta(path: str | os.PathLike, slices: list[DeltaSlice], *, base_tensors: dict,
-                meta: dict) -> Path:
+                meta: dict, atomic: bool = True) -> Path:
     """Atomically write a delta. ``base_tensors`` = {param: {"sha256", "dtype", "shape"}}
     for every touched param (see :func:`base_tensor_hashes`); ``meta`` supplies
     base_model, heads, touched_heads, kv_policy, objective, steps, seed, recipe_hash and
-    recipe. Tensors and metadata keys are sorted, so equal inputs give equal bytes."""
+    recipe. Tensors and metadata keys are sorted, so equal inputs give equal bytes.
+    ``atomic=False`` writes ``path`` in place (a temporary of an atomic group)."""
     path = Path(path)
     where = str(path)
     try:
@@ -203,11 +207,46 @@ def write_delta(path: str | os.PathLike, slices: list[DeltaSlice], *, base_tenso
                          for k, v in sorted(base_tensors.items())},
         "slices": [s.describe() for s in sorted(slices,
                                                 key=lambda s: (s.param, s.axis, s.start))],
+        "tensors_sha256": _tensors_sha256(tensors.values()),
     })
     if not full["base_model"]:
         raise ValidationError(f"{where}: delta metadata needs base_model")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return save_tensors(path, tensors, _encode_meta(full), atomic=True)
+    return save_tensors(path, tensors, _encode_meta(full), atomic=atomic)
+
+
+def _tensors_sha256(values) -> str:
+    """sha256 of the data section the tensors make, in file order (no padding between)."""
+    h = hashlib.sha256()
+    for v in values:
+        h.update(tensor_bytes(v))
+    return h.hexdigest()
+
+
+def data_sha256(path: Path, header) -> tuple[str, str]:
+    """(sha256 of the bytes after the header, sha256 of the whole file): one read."""
+    data, whole = hashlib.sha256(), hashlib.sha256()
+    buf = memoryview(bytearray(HASH_CHUNK))
+    with open(path, "rb", buffering=0) as fh:
+        pos = 0
+        while n := fh.readinto(buf):
+            chunk = buf[:n]
+            whole.update(chunk)
+            skip = max(0, min(n, header.data_start - pos))
+            data.update(chunk[skip:])
+            pos += n
+    return data.hexdigest(), whole.hexdigest()
+
+
+def is_delta(path: Path) -> bool:
+    """A file a train wrote (what train --out may replace): a headsurgeon delta header."""
+    from headsurgeon.core.paths import kind_of
+
+    if kind_of(path) != "file":
+        return False
+    try:
+        return (read_header(path).metadata or {}).get("format") == FORMAT
+    except (CheckpointError, OSError):
+        return False
 
 
 @dataclass
@@ -240,6 +279,16 @@ class Delta:
             if s.value is None:
                 s.value = read_tensor(self.path, s.key, header)
         return todo
+
+    def verify_bytes(self) -> str:
+        """Check the tensor bytes against ``tensors_sha256``; returns the file's sha256."""
+        header = read_header(self.path)
+        data, whole = data_sha256(self.path, header)
+        if data != self.meta.get("tensors_sha256"):
+            raise CheckpointError(f"not a valid {FORMAT} delta: its tensor bytes do not match "
+                                  "their sha256 (the file is corrupt)", file=str(self.path),
+                                  field="tensors_sha256")
+        return whole
 
     def verify_against(self, base_dir: str | os.PathLike,
                        index: CheckpointIndex | None = None) -> CheckpointIndex:
@@ -321,7 +370,11 @@ def read_delta(path: str | os.PathLike, *, load_values: bool = True) -> Delta:
             raise bad(f"tensor {s.key} is {info.dtype} {list(info.shape)}, expected F32 "
                       f"{list(s.shape_in(base_tensors[s.param]['shape']))}")
     slices.sort(key=lambda s: (s.param, s.axis, s.start))
+    if not re.fullmatch(r"[0-9a-f]{64}", str(meta.get("tensors_sha256", ""))):
+        raise bad("no sha256 of its tensor bytes (written before deltas carried one: train "
+                  "again)", "tensors_sha256")
     delta = Delta(path, meta, base_tensors, slices)
+    delta.verify_bytes()
     if load_values:
         delta.load_values()
     return delta

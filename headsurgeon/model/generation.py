@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
+from headsurgeon.core.progress import progress_bar
 from headsurgeon.data.dialogue import encode, left_pad
 
 
@@ -57,8 +57,8 @@ def _batches(seqs, batch_size: int, desc: str | None, progress: bool, run) -> No
     """``run(chunk)`` on every chunk of indices, longest first, halving on out-of-memory."""
     from headsurgeon.model.placement import fit_batches
 
-    bar = tqdm(total=len(seqs), desc=desc, disable=not progress or not desc, leave=False,
-               unit="item")
+    bar = progress_bar(total=len(seqs), desc=desc, disable=not progress or not desc,
+                       leave=False, unit="item")
     try:
         fit_batches(_order(seqs), batch_size, lambda chunk: (run(chunk), bar.update(len(chunk))))
     finally:

@@ -102,7 +102,8 @@ def probes_hash(recipe: Recipe) -> str:
     from headsurgeon.data.questions import data_hash
 
     try:
-        qs = load_stage(recipe.data.locate, "locate", seed=recipe.data.seed, mc_only=True)
+        qs = load_stage(recipe.data.locate, "locate", seed=recipe.data.seed, mc_only=True,
+                        balance=recipe.data.balance_letters)
     except ValidationError as exc:
         if exc.file:
             raise

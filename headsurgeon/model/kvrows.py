@@ -10,7 +10,10 @@ full-text tokenisation of its prompt, so results equal a plain forward of that p
 (up to float rounding); tests check this against :mod:`headsurgeon.model.generation`.
 
 Chunks are left-padded, so the last column of every chunk is a real token and one
-logit row per sequence is enough (``logits_to_keep=1``).
+logit row per sequence is enough (``logits_to_keep=1``). The cache grows in place
+(:mod:`headsurgeon.model.kvcache`; ``in_place=False``: transformers' ``DynamicCache``, which
+copies it on every step). ``fed_tokens`` / ``fed_slots`` count the real tokens and the
+token slots (padding included) run through the model.
 """
 from __future__ import annotations
 
@@ -43,20 +46,27 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class KVRows:
-    def __init__(self, model, pad_id: int, *, reuse: Optional[bool] = None):
-        from transformers import DynamicCache
-
-        self.model = model
+    def __init__(self, model, pad_id: int, *, reuse: Optional[bool] = None,
+                 in_place: bool = True):
+        self.model, self.in_place = model, in_place
         # Sliding-window attention counts cache slots, holes included: re-encode instead.
         self.reuse = (not has_short_window(model.config)) if reuse is None else reuse
         self.pad_id = int(pad_id)
         from headsurgeon.model.placement import input_device
 
         self.device = input_device(model)  # a split model takes inputs at its embeddings
-        self.cache = DynamicCache()
+        self.cache = self._new_cache()
+        self.fed_tokens = self.fed_slots = 0
         self.mask: Optional[torch.Tensor] = None  # [R, slots], 1 = real token
         self.toks: list[list[int]] = []
         self.slots: list[list[int]] = []
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        from headsurgeon.model.kvcache import InPlaceCache
+
+        return InPlaceCache() if self.in_place else DynamicCache()
 
     @property
     def n_rows(self) -> int:
@@ -105,6 +115,8 @@ class KVRows:
             self.slots[r].extend(range(start + off, start + width))
             self.toks[r].extend(c)
         pos.clamp_(min=0)
+        self.fed_tokens += sum(len(c) for c in chunks)
+        self.fed_slots += self.n_rows * width
         self.mask = new if self.mask is None else torch.cat([self.mask, new], 1)
         with torch.inference_mode():
             out = self.model(input_ids=ids.to(self.device),
@@ -114,9 +126,7 @@ class KVRows:
             return torch.log_softmax(out.logits[:, -keep:].float(), dim=-1).cpu()
 
     def reset(self) -> None:
-        from transformers import DynamicCache
-
-        self.cache = DynamicCache()
+        self.cache = self._new_cache()
         self.mask = None
         self.toks = [[] for _ in self.toks]
         self.slots = [[] for _ in self.slots]

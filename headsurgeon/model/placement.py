@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -270,6 +269,22 @@ def with_device(recipe, device: Optional[str]):
     return copy
 
 
+def _anchored(recipe, exc: ValidationError) -> ValidationError:
+    """A ``model.*`` error at the recipe's line (``--device`` errors stay the CLI's)."""
+    if exc.field and exc.field.startswith("model.") and not exc.file:
+        return recipe.error(exc.field, exc.detail)
+    return exc
+
+
+def check_recipe_device(recipe, *, accelerators: Optional[Accelerators] = None) -> str:
+    """``validate``: the device every stage would run on exists on this machine
+    (``cuda:7`` with fewer GPUs, ``mps`` off a Mac: one line, before any stage)."""
+    try:
+        return resolve(recipe.model, accelerators=accelerators).device
+    except ValidationError as exc:
+        raise _anchored(recipe, exc) from None
+
+
 def recipe_placement(recipe, model_dir: Union[str, Path, None] = None, *,
                      accelerators: Optional[Accelerators] = None) -> Placement:
     """:func:`placement_for` with errors anchored to the recipe's line (``--device``
@@ -277,9 +292,9 @@ def recipe_placement(recipe, model_dir: Union[str, Path, None] = None, *,
     try:
         placement = placement_for(recipe.model, model_dir, accelerators=accelerators)
     except ValidationError as exc:
-        if exc.field and exc.field.startswith("model.") and not exc.file:
-            raise recipe.error(exc.field, exc.detail) from None
-        raise
+        raise _anchored(recipe, exc) from None
+    from headsurgeon.core.progress import progress_note
+
     for note in placement.notes:
-        print(f"placement: {note}", file=sys.stderr)
+        progress_note(f"placement: {note}")
     return placement

@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 from headsurgeon.core.atomic import fsync_dir, write_all
+from headsurgeon.core.paths import make_parent, refuse_special
 from headsurgeon.core.errors import CheckpointError, RuntimeFailure
-from headsurgeon.model.safetensors_io import (CHUNK, ITEMSIZE, TensorInfo, dtype_tag,
+from headsurgeon.model.safetensors_io import (ITEMSIZE, TensorInfo, dtype_tag,
                                               parse_header)
 
 
@@ -33,6 +34,7 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
 # ---------------------------------------------------------------- copying / writing
 
 WRITEBACK_CHUNK = 64 * 1024 * 1024
+COPY_CHUNK = 1024 * 1024  # user-space copies (hashed as they go): one small buffer each
 _SYNC_FILE_RANGE_WRITE = 2
 
 
@@ -57,14 +59,16 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
 
 
 def copy_range(src_fd: int, dst_fd: int, offset: int, length: int, *,
-               writeback: bool = False) -> None:
+               writeback: bool = False, sha=None) -> None:
     """Copy ``length`` bytes at ``offset`` of ``src_fd`` to the current position of
     ``dst_fd`` inside the kernel (copy_file_range, falling back to read/write). With
-    ``writeback``, disk writeback of each copied chunk is started as the copy goes on."""
+    ``writeback``, disk writeback of each copied chunk is started as the copy goes on.
+    With ``sha`` (a hashlib object) the bytes pass through user space once and are
+    hashed as they are written: the hash of what was written, with no second pass."""
     left = length
     dst_pos = os.lseek(dst_fd, 0, os.SEEK_CUR) if writeback else 0
     step = WRITEBACK_CHUNK if writeback else 1 << 30
-    if hasattr(os, "copy_file_range"):
+    if hasattr(os, "copy_file_range") and sha is None:
         try:
             while left:
                 n = os.copy_file_range(src_fd, dst_fd, min(left, step), offset)
@@ -79,21 +83,34 @@ def copy_range(src_fd: int, dst_fd: int, offset: int, length: int, *,
         except OSError as exc:
             if exc.errno not in (18, 22, 38, 95):  # EXDEV, EINVAL, ENOSYS, EOPNOTSUPP
                 raise
+    buf = memoryview(bytearray(min(COPY_CHUNK, max(left, 1))))
     while left:
-        chunk = os.pread(src_fd, min(CHUNK, left), offset)
-        if not chunk:
+        n = os.preadv(src_fd, [buf[:min(len(buf), left)]], offset)
+        if not n:
             raise CheckpointError("source file truncated while copying")
+        chunk = buf[:n]
+        if sha is not None:
+            sha.update(chunk)
         _write_all(dst_fd, chunk)
-        offset += len(chunk)
-        left -= len(chunk)
+        if writeback:
+            start_writeback(dst_fd, dst_pos, n)
+            dst_pos += n
+        offset += n
+        left -= n
 
 
 def copy_file(src: str | os.PathLike, dst: str | os.PathLike, *,
-              writeback: bool = False) -> None:
-    """Byte-for-byte copy of a whole file (kernel-side where possible)."""
+              writeback: bool = False, sha256: bool = False) -> str | None:
+    """Byte-for-byte copy of a whole file (kernel-side where possible); with ``sha256``
+    returns the hash of the bytes written, taken as they are copied."""
+    sha = hashlib.sha256() if sha256 else None
     with open(src, "rb") as fin, open(dst, "wb") as fout:
-        copy_range(fin.fileno(), fout.fileno(), 0, os.fstat(fin.fileno()).st_size,
-                   writeback=writeback)
+        size = os.fstat(fin.fileno()).st_size
+        copy_range(fin.fileno(), fout.fileno(), 0, size, writeback=writeback, sha=sha)
+        written = os.fstat(fout.fileno()).st_size
+    if written != size:
+        raise RuntimeFailure(f"cannot write: {written} of {size} bytes copied", file=str(dst))
+    return sha.hexdigest() if sha is not None else None
 
 
 def _write_all(fd: int, data) -> None:
@@ -123,14 +140,19 @@ class SafetensorsWriter:
     """Write a safetensors file tensor by tensor: header first, then each tensor in the
     declared order. ``raw_header`` reuses an existing file's header bytes verbatim (same
     names, order, metadata); with ``atomic`` the file appears under ``path`` on
-    :meth:`close` only (written beside it, fsynced, renamed); with ``writeback`` disk
-    writeback starts as tensors are written (see :func:`start_writeback`)."""
+    :meth:`close` only (written beside it, fsynced, checked, renamed); with ``writeback``
+    disk writeback starts as tensors are written (see :func:`start_writeback`); with
+    ``sha256`` every byte written is hashed as it goes (:attr:`sha256` after close).
+    :meth:`close` checks what was written before it is renamed into place: the size the
+    header declares and the header read back from the file."""
 
     def __init__(self, path: str | os.PathLike,
                  entries: list[tuple[str, str, tuple[int, ...]]] | None = None,
                  metadata: Mapping[str, str] | None = None, *, raw_header: bytes | None = None,
-                 atomic: bool = False, writeback: bool = False):
+                 atomic: bool = False, writeback: bool = False, sha256: bool = False):
         self.path = Path(path)
+        self._sha = hashlib.sha256() if sha256 else None
+        self.sha256: str | None = None
         self._writeback = writeback
         if raw_header is None:
             raw_header = build_header(entries or [], metadata)
@@ -140,9 +162,14 @@ class SafetensorsWriter:
         self._atomic = atomic
         self._tmp = (self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
                      if atomic else self.path)
-        self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        if atomic:
+            refuse_special(self.path)
+            make_parent(self.path)
+        self._fd = os.open(self._tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._prefix = struct.pack("<Q", len(raw_header)) + raw_header
         try:
-            _write_all(self._fd, struct.pack("<Q", len(raw_header)) + raw_header)
+            self._hash(self._prefix)
+            _write_all(self._fd, self._prefix)
         except BaseException:
             self.abort()
             raise
@@ -162,6 +189,7 @@ class SafetensorsWriter:
             raise ValueError(f"{self.path}: tensor {name!r} is {tensor.dtype} "
                              f"{tuple(tensor.shape)}, header says {info.dtype} {info.shape}")
         data = tensor_bytes(tensor)
+        self._hash(data)
         _write_all(self._fd, data)
         self._done(info)
         if self._writeback:
@@ -171,8 +199,13 @@ class SafetensorsWriter:
     def copy_from(self, name: str, src_fd: int, offset: int) -> None:
         """Write the next tensor by copying its raw bytes from ``src_fd`` at ``offset``."""
         info = self._expect(name)
-        copy_range(src_fd, self._fd, offset, info.nbytes, writeback=self._writeback)
+        copy_range(src_fd, self._fd, offset, info.nbytes, writeback=self._writeback,
+                   sha=self._sha)
         self._done(info)
+
+    def _hash(self, data) -> None:
+        if self._sha is not None:
+            self._sha.update(data)
 
     def _done(self, info: TensorInfo) -> None:
         """Check that ``info``'s bytes ended exactly where the header puts its end: what
@@ -192,9 +225,15 @@ class SafetensorsWriter:
                 raise CheckpointError(f"{os.fstat(self._fd).st_size} bytes written, header "
                                       f"says {self._header.file_size}", file=str(self.path))
             os.fsync(self._fd)
+            if os.pread(self._fd, len(self._prefix), 0) != self._prefix:
+                raise RuntimeFailure("cannot write: the header read back differs from the "
+                                     "one written", file=str(self.path))
             os.close(self._fd)
+            if self._sha is not None:
+                self.sha256 = self._sha.hexdigest()
             self._fd = -1
             if self._atomic:
+                refuse_special(self.path)
                 os.replace(self._tmp, self.path)
         except BaseException:
             self.abort()

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from headsurgeon.core.atomic import atomic_directory, atomic_write_json
-from headsurgeon.core.errors import RuntimeFailure, ValidationError
-from headsurgeon.model.checkpoint_names import check_weights  # noqa: F401 - its old home
+from headsurgeon.core.errors import CheckpointError, RuntimeFailure, ValidationError
+from headsurgeon.model.consistency import check_model_source
+from headsurgeon.model.consistency import check_weights  # noqa: F401 - its old name
+from headsurgeon.model.hf_loading import converting, from_pretrained
 from headsurgeon.model.bundled import BUNDLES, assemble as assemble_bundle
 from headsurgeon.model.gguf_tokenizer import cache_is_current, restore_pre_tokenizer
 
@@ -151,21 +153,23 @@ def _convert_gguf(gguf: Path, cache_dir: Path) -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         kw = dict(gguf_file=gguf.name, local_files_only=True)
-        try:
-            tok = AutoTokenizer.from_pretrained(gguf.parent, **kw)
-            tok_provenance = restore_pre_tokenizer(tok, gguf)  # refuses before the weights
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kw)
-        except ValidationError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - unsupported architecture, corrupt file...
-            raise ValidationError(f"cannot load GGUF with transformers: {_one_line(exc)}",
-                                  file=str(gguf), field=FIELD) from exc
-        _scrub_quantization(model)
-        with atomic_directory(target, force=True) as tmp:
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            _finish_cache_dir(tmp, {"gguf": str(gguf), "sha256": sha,
-                                    "tokenizer": tok_provenance})
+        with converting(gguf.name, target.parent):
+            try:
+                tok = AutoTokenizer.from_pretrained(gguf.parent, **kw)
+                tok_provenance = restore_pre_tokenizer(tok, gguf)  # refuses before weights
+                model = from_pretrained(AutoModelForCausalLM, gguf.parent, source=gguf,
+                                        allow_unexpected=True, dtype=torch.float32, **kw)
+            except (ValidationError, CheckpointError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - unsupported architecture, corrupt file
+                raise ValidationError(f"cannot load GGUF with transformers: {_one_line(exc)}",
+                                      file=str(gguf), field=FIELD) from exc
+            _scrub_quantization(model)
+            with atomic_directory(target, force=True) as tmp:
+                model.save_pretrained(tmp)
+                tok.save_pretrained(tmp)
+                _finish_cache_dir(tmp, {"gguf": str(gguf), "sha256": sha,
+                                        "tokenizer": tok_provenance})
     return target
 
 
@@ -201,9 +205,9 @@ def _load_pickle(src: Path, files: list[Path]):
 
     try:
         if any(f.name.startswith("pytorch_model") for f in files):
-            return AutoModelForCausalLM.from_pretrained(
-                src, use_safetensors=False, weights_only=True, local_files_only=True,
-                dtype="auto")
+            return from_pretrained(
+                AutoModelForCausalLM, src, use_safetensors=False, weights_only=True,
+                local_files_only=True, dtype="auto")
         if len(files) != 1:
             raise ValueError("several checkpoint files and no pytorch_model.bin index: "
                              + ", ".join(f.name for f in files))
@@ -212,7 +216,10 @@ def _load_pickle(src: Path, files: list[Path]):
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         cls = AutoModelForCausalLM._model_mapping[type(config)]
-        return cls.from_pretrained(None, config=config, state_dict=state, dtype="auto")
+        return from_pretrained(cls, None, source=files[0], config=config, state_dict=state,
+                               dtype="auto")
+    except CheckpointError:
+        raise
     except Exception as exc:  # noqa: BLE001 - includes torch's UnpicklingError
         code = re.search(r"GLOBAL ([\w.]+)", str(exc))  # torch's text suggests unsafe loading
         why = (f"it names {code.group(1)}, code that unpickling would run; refused"
@@ -361,12 +368,12 @@ def load_model(source: str | ResolvedModel, *, dtype: str = "float32",
 
     if placement is not None and not isinstance(placement, Placement):
         placement = placement_for(placement, rm.path)
-    check_weights(rm.path)
+    check_model_source(rm.path)  # config.json against the shards, before a byte loads
     kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
         kw.update(placement.load_kwargs() if placement is not None
                   else {"dtype": getattr(torch, dtype)})
-        model = AutoModelForCausalLM.from_pretrained(rm.path, local_files_only=True, **kw)
+        model = from_pretrained(AutoModelForCausalLM, rm.path, local_files_only=True, **kw)
         if placement is not None:
             placement.place(model)
         tok = AutoTokenizer.from_pretrained(rm.path, local_files_only=True,

@@ -15,7 +15,10 @@ from typing import Optional
 from headsurgeon import __version__
 from headsurgeon.core.atomic import atomic_write_text
 from headsurgeon.core.recipe import Recipe
+from headsurgeon.report.lmeval_section import lmeval_blocks
 from headsurgeon.report.locate_section import locate_blocks
+from headsurgeon.report.shortcut_section import ci_text, letter_goal, shortcut_blocks
+from headsurgeon.report.size_section import size_blocks
 from headsurgeon.report.rows import (baseline_groups, fmt as _fmt,  # noqa: F401 - re-exported
                                      get as _get, model_row)
 from headsurgeon.report.tables import (Block, _load_json, baseline_blocks,  # noqa: F401
@@ -60,7 +63,14 @@ def check_goals(rows: dict[str, dict]) -> list[tuple[str, Optional[bool], str]]:
                     f"SPT {_fmt(s)} vs base {_fmt(b)}"))
     sel = spt.get("selectivity")
     out.append(("Selectivity on known items (keeps right - keeps wrong) >= 0.5",
-                None if sel is None else sel >= 0.5, f"SPT {_fmt(sel)}"))
+                None if sel is None else sel >= 0.5, f"SPT {_fmt(sel)}" + ci_text(spt)))
+    cs, letter = spt.get("constant_selectivity"), spt.get("constant_letter")
+    if cs is not None:  # a letter habit alone scores this (evaluate/controls.py)
+        out.append((f"Selectivity above the constant-letter control's ({letter})",
+                    None if sel is None else sel > cs,
+                    f"SPT {_fmt(sel)} vs always ({letter}) {_fmt(cs)}"))
+    if spt.get("letters"):
+        out.append(letter_goal(spt, base))
     if sft:
         ss = sft.get("selectivity")
         out.append(("Selectivity above full SFT's",
@@ -100,13 +110,16 @@ def build_blocks(recipe: Recipe, run_dir: Path, timings: Optional[dict] = None) 
                 "knowledgeable model is needed for that, or a sweep to pick the trade-off.")))
     if rows:
         blocks += before_after_blocks(recipe, rows, COLUMNS)
+        blocks += shortcut_blocks(models)
         blocks += baseline_blocks(recipe, run_dir, timings, models)
+        blocks += [Block(*b) for b in lmeval_blocks(models)]
     sweep = _load_json(run_dir / "sweep.json")
     if sweep:
         blocks += sweep_blocks(sweep)
     if heads:
         blocks += heads_blocks(heads)
         blocks += [Block(*b) for b in locate_blocks(heads, run_dir)]
+    blocks += size_blocks(run_dir)
     for png, caption in (("heads_heatmap.png", "Head scores (layers x heads)"),
                          ("heads_knockout.png", "Knockout of the top-k heads vs random k-sets"),
                          ("delta.loss.png", "Training loss"),

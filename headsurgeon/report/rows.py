@@ -52,6 +52,10 @@ def model_row(res: dict) -> dict:
         "kl": get(res, "kl", "mean"),
         "discrimination": discrimination(modes),
         "selectivity": get(syc, "selectivity", "selectivity"),
+        "selectivity_ci": get(syc, "selectivity", "ci95"),  # [lo, hi] (evaluate/intervals.py)
+        "letters": syc.get("letters") or None,  # gold and final letters, the habit flag
+        "constant_letter": get(syc, "controls", "best_constant", "letter"),
+        "constant_selectivity": get(syc, "controls", "best_constant", "selectivity"),
     }
 
 

@@ -199,7 +199,7 @@ def model_first_letters(model, tokenizer, questions: Sequence[Question], t: Temp
                         batch_size: int = 16, progress: bool = False) -> dict[str, str]:
     """The model's own greedy letter for each question, read after the first answer's
     prefix ("The answer is (") among the question's option letters."""
-    from tqdm.auto import tqdm
+    from headsurgeon.core.progress import progress_bar
 
     from headsurgeon.train.objectives import safe_pad_id
     from headsurgeon.data.dialogue import answer_token_ids
@@ -210,7 +210,7 @@ def model_first_letters(model, tokenizer, questions: Sequence[Question], t: Temp
     pad = safe_pad_id(tokenizer, model)
     qs = list(questions)
     starts = range(0, len(qs), batch_size)
-    for i in tqdm(starts, desc="first answers", disable=not progress, leave=False):
+    for i in progress_bar(starts, desc="first answers", disable=not progress, leave=False):
         chunk = qs[i:i + batch_size]
         texts = [render(tokenizer, [{"role": "user", "content": format_question(q, t)}]
                         if not t.system else

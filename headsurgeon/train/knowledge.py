@@ -19,32 +19,45 @@ import json
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from headsurgeon.data.permute import variant_of
 from headsurgeon.data.questions import Question, data_hash
-from headsurgeon.model.beliefs import Belief, is_known, summary
+from headsurgeon.model.beliefs import Belief
+from headsurgeon.model.letter_invariant import (invariant_known, invariant_summary,
+                                                known_shares, presented)
 
 Pool = list[tuple[Question, Optional[str]]]
 
 
 def knowledge_pools(questions: Sequence[Question], beliefs: dict[str, Belief], *, by: str,
-                    margin: float = 0.0, unknown: str = "drop") -> tuple[Pool, Pool, dict]:
+                    margin: float = 0.0, unknown: str = "drop", share: float = 1.0,
+                    permutations: int = 1) -> tuple[Pool, Pool, dict]:
     """(insist pool, revise pool, counts). A revise entry's first letter is None: a wrong
-    letter is drawn per dialogue (any wrong letter differs from a right belief)."""
+    letter is drawn per dialogue (any wrong letter differs from a right belief).
+    ``beliefs`` may hold the rotations of each item (model/letter_invariant.py): an item
+    is known when at least ``share`` of them name the right option."""
     if unknown not in ("drop", "paper", "insist"):
         raise ValueError(f"unknown policy {unknown!r}")
-    known = [q for q in questions if q.id in beliefs and is_known(beliefs[q.id], by, margin)]
+    known_set = invariant_known(beliefs, by, margin, share)
+    known = [q for q in questions if q.id in beliefs and q.id in known_set]
     ids = {q.id for q in known}
     rest = [q for q in questions if q.id not in ids] if unknown != "drop" else []
     used = known + rest
     insist: Pool = [(q, q.answer) for q in used]
     revise: Pool = [(q, None) for q in (used if unknown == "paper" else known)]
-    info = {**summary({q.id: beliefs[q.id] for q in questions if q.id in beliefs}, by, margin),
-            "unknown": unknown, "n_known_used": len(known), "n_unknown_used": len(rest)}
+    asked = {q.id for q in questions}
+    mine = {vid: b for vid, b in beliefs.items() if variant_of(vid)[0] in asked}
+    info = {**invariant_summary(mine, by, margin, share, permutations), "unknown": unknown,
+            "n_known_used": len(known), "n_unknown_used": len(rest)}
     return insist, revise, info
 
 
-def belief_records(beliefs: dict[str, Belief], by: str, margin: float) -> list[dict]:
-    """One row per item for the training log: the beliefs the data was built from."""
-    return [{**b.as_dict(), "known": is_known(b, by, margin)} for b in beliefs.values()]
+def belief_records(beliefs: dict[str, Belief], by: str, margin: float,
+                   share: float = 1.0) -> list[dict]:
+    """One row per item for the training log: the beliefs the data was built from (the
+    presented order's) and the share of the item's rotations that name the right text."""
+    shares = known_shares(beliefs, by, margin)
+    return [{**b.as_dict(), "known_share": round(shares[qid], 6),
+             "known": shares[qid] >= share - 1e-9} for qid, b in presented(beliefs).items()]
 
 
 def model_files_key(path: Path) -> str:
@@ -86,16 +99,18 @@ def knowledge_data(model, tokenizer, questions: Sequence[Question], templates, c
     the pools ``cfg`` (a ``train.knowledge`` section) builds from them; the counts carry
     every item's belief, so the training log records what the data was built from.
     ``cache_dir`` + ``model_key`` (the base's identity): see :func:`cached_beliefs`."""
-    from headsurgeon.model.beliefs import base_beliefs
+    from headsurgeon.model.letter_invariant import invariant_beliefs
 
     readings = ("letter",) if cfg.by == "letter" else ("letter", "choice_text")
     key = {"model": model_key, "dtype": str(model.dtype), "readings": readings,
-           "templates": templates.model_dump(), "items": data_hash(questions)}
+           "templates": templates.model_dump(), "items": data_hash(questions),
+           **({"permutations": cfg.permutations} if cfg.permutations > 1 else {})}
     beliefs = cached_beliefs(
         cache_dir if model_key else None, key,
-        lambda: base_beliefs(model, tokenizer, questions, templates, readings=readings,
-                             progress=progress))
-    insist, revise, info = knowledge_pools(questions, beliefs, by=cfg.by, margin=cfg.margin,
-                                           unknown=cfg.unknown)
-    info["beliefs"] = belief_records(beliefs, cfg.by, cfg.margin)
+        lambda: invariant_beliefs(model, tokenizer, questions, templates, readings=readings,
+                                  permutations=cfg.permutations, progress=progress))
+    insist, revise, info = knowledge_pools(
+        questions, beliefs, by=cfg.by, margin=cfg.margin, unknown=cfg.unknown,
+        share=cfg.permutation_share, permutations=cfg.permutations)
+    info["beliefs"] = belief_records(beliefs, cfg.by, cfg.margin, cfg.permutation_share)
     return insist, revise, info

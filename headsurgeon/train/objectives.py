@@ -58,6 +58,7 @@ class ObjectiveContext:
     neutral_texts: Callable[[], list[str]] = field(default=lambda: [])
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     templates: object = None              # recipe.templates (dialogue wording)
+    reuse_base: bool = True               # keep the frozen base's outputs once per row
     _neutral_cache: Optional[list] = None
 
     def neutral(self) -> list[str]:
@@ -126,14 +127,63 @@ def neutral_batch(ctx: ObjectiveContext, texts: Sequence[str], step: int, micro:
     return TrainBatch(b.input_ids, b.attention_mask, b.labels, step, micro)
 
 
-def kl_to_base(model, trainable, batch: TrainBatch) -> torch.Tensor:
-    """Mean per-token KL(base || tuned) of next-token distributions on ``batch``."""
-    with torch.no_grad(), trainable.base():
-        base_logp = F.log_softmax(forward_logits(model, batch).float(), -1)
+def kl_to_base(model, trainable, batch: TrainBatch,
+               teacher: Optional["BaseLogProbs"] = None) -> torch.Tensor:
+    """Mean per-token KL(base || tuned) of next-token distributions on ``batch``;
+    ``teacher`` keeps the base's side once per row instead of recomputing it."""
+    with torch.no_grad():
+        if teacher is not None:
+            base_logp = teacher.log_probs(model, trainable, batch)
+        else:
+            with trainable.base():
+                base_logp = F.log_softmax(forward_logits(model, batch).float(), -1)
     logp = F.log_softmax(forward_logits(model, batch).float(), -1)
     kl = (base_logp.exp() * (base_logp - logp)).sum(-1)
     mask = batch.attention_mask.to(kl.dtype)
     return (kl * mask).sum() / mask.sum()
+
+
+class BaseLogProbs:
+    """The frozen base's next-token log-probs on right-padded rows, computed once per row
+    (its tokens are the key): the base's hidden states entering the LM head are kept
+    (``[tokens, hidden]``, far smaller than ``[tokens, vocab]``) and the head re-applied.
+    Used only where the head alone reproduces the model's logits bit for bit (checked on
+    the first batch; a softcap or scale after the head, or autocast, turns it off)."""
+
+    def __init__(self):
+        self.rows: dict[bytes, torch.Tensor] = {}
+        self.exact: Optional[bool] = None
+
+    def log_probs(self, model, trainable, batch: TrainBatch) -> torch.Tensor:
+        head = _unwrap(model).get_output_embeddings()
+        spans = [int(n) for n in batch.attention_mask.sum(1)]
+        keys = [batch.input_ids[i, :n].cpu().numpy().tobytes() for i, n in enumerate(spans)]
+        missing = [i for i, k in enumerate(keys) if k not in self.rows]
+        if missing or self.exact is False:
+            captured: list = []
+            hook = head.register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+            try:
+                with trainable.base():
+                    logits = forward_logits(model, batch)
+            finally:
+                hook.remove()
+            if self.exact is None:
+                self.exact = torch.equal(head(captured[0]), logits)
+            if not self.exact:
+                return F.log_softmax(logits.float(), -1)
+            for i in missing:
+                self.rows[keys[i]] = captured[0][i, :spans[i]].detach().clone()
+            return F.log_softmax(logits.float(), -1)
+        ref = self.rows[keys[0]]
+        hidden = ref.new_zeros(batch.input_ids.shape + ref.shape[-1:])
+        for i, (k, n) in enumerate(zip(keys, spans)):
+            hidden[i, :n] = self.rows[k]
+        return F.log_softmax(head(hidden).float(), -1)
+
+
+def _unwrap(model):
+    """The model under accelerate's / DDP's wrappers."""
+    return getattr(model, "module", model)
 
 
 class StrictParams(BaseModel):

@@ -10,11 +10,8 @@ uninterrupted one. Outputs beside the delta: ``<stem>.train.json`` (log) and
 """
 from __future__ import annotations
 
-import math
 import os
-import random
 import sys
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
@@ -23,9 +20,11 @@ import torch
 
 from headsurgeon.core import plugins
 from headsurgeon.core.errors import ValidationError
-from headsurgeon.train.objectives import ObjectiveContext, right_pad, safe_pad_id
+from headsurgeon.train.objectives import ObjectiveContext, safe_pad_id
 from headsurgeon.core.recipe import Recipe, plugin_params
 from headsurgeon.train.checkpoint import Checkpoints, CheckpointState
+from headsurgeon.train.loop import (batch_indices, install_prefix_cache, lr_at,  # noqa: F401
+                                    train_steps)
 
 
 def _in_recipe(recipe: Recipe, exc: ValidationError, field: Optional[str] = None):
@@ -95,12 +94,14 @@ def plan_training(recipe: Recipe, heads: Optional[list] = None) -> Plan:
     if t.dtype == "float16" and not placement.device.startswith("cuda"):
         raise recipe.error("train.dtype", "float16 mixed precision needs a GPU; use bfloat16")
     try:
-        questions = load_stage(recipe.data.train, "train", seed=recipe.data.seed, mc_only=True)
+        questions = load_stage(recipe.data.train, "train", seed=recipe.data.seed, mc_only=True,
+                               balance=recipe.data.balance_letters)
         evaluated: list = []
         for other in ("eval", "locate"):
             refs = getattr(recipe.data, other)
             if refs:
-                loaded = load_stage(refs, other, seed=recipe.data.seed)
+                loaded = load_stage(refs, other, seed=recipe.data.seed,
+                                    balance=recipe.data.balance_letters)
                 check_disjoint({"train": questions, other: loaded})
                 evaluated = loaded[: recipe.eval.n_items] if other == "eval" else evaluated
         # never regularise on the passages eval measures KL on (data/neutral.py)
@@ -111,33 +112,18 @@ def plan_training(recipe: Recipe, heads: Optional[list] = None) -> Plan:
                 placement, neutral_info=neutral_info)
 
 
+CACHE_FIELDS = {"prefix_cache", "prefix_cache_mb"}
+
+
 def train_hash(recipe: Recipe) -> str:
     """The effective train section (recipes copied with overrides keep their text)."""
     import hashlib
     import json
 
-    dump = json.dumps(recipe.train.model_dump(mode="json", by_alias=True), sort_keys=True)
+    # where the frozen prefix's states are kept changes no result (prefix_cache.py)
+    dump = json.dumps(recipe.train.model_dump(mode="json", by_alias=True, exclude=CACHE_FIELDS),
+                      sort_keys=True)
     return hashlib.sha256(dump.encode()).hexdigest()
-
-
-def lr_at(step: int, t) -> float:
-    """Linear warmup then linear (power 1 polynomial) decay towards zero."""
-    warm = math.ceil(t.warmup * t.steps)
-    if step < warm:
-        return t.lr * (step + 1) / warm
-    return t.lr * (t.steps - step) / max(1, t.steps - warm)
-
-
-def batch_indices(step: int, micro: int, t, n: int, seed: int) -> list[int]:
-    """Dialogue indices of one micro-batch: seeded epochs walked in order."""
-    first = (step * t.grad_accum + micro) * t.batch_size
-    out = []
-    for pos in range(first, first + t.batch_size):
-        epoch, i = divmod(pos, n)
-        perm = list(range(n))
-        random.Random(f"{seed}:epoch:{epoch}").shuffle(perm)
-        out.append(perm[i])
-    return out
 
 
 @dataclass
@@ -210,8 +196,6 @@ def build_training_data(plan: Plan, model, tokenizer, *, progress: bool = True):
 def run_training(plan: Plan, *, model=None, tokenizer=None, ckpts: Optional[Checkpoints] = None,
                  resume_state: Optional[CheckpointState] = None, stop_after: Optional[int] = None,
                  progress: bool = True) -> TrainResult:
-    from tqdm.auto import tqdm
-
     from headsurgeon.model.checkpoint_names import model_name_map
     from headsurgeon.model.delta import stored_dtype
     from headsurgeon.model.sources import load_model
@@ -238,7 +222,7 @@ def run_training(plan: Plan, *, model=None, tokenizer=None, ckpts: Optional[Chec
     ctx = ObjectiveContext(model, tokenizer, plan.hm, [list(h) for h in plan.heads], plan.kv,
                            t.seed, set(plan.ckpt_names),
                            neutral_texts=lambda: plan.neutral, device=acc.device,
-                           templates=recipe.templates)
+                           templates=recipe.templates, reuse_base=t.prefix_cache != "off")
     obj = plan.objective()
     trainable = obj.trainable(ctx, plan.params)
     # what trains is what ships: slices round to the checkpoint's stored dtype
@@ -249,28 +233,19 @@ def run_training(plan: Plan, *, model=None, tokenizer=None, ckpts: Optional[Chec
     if resume_state is not None:
         Checkpoints.restore(resume_state, trainable.named, optimizer)
         start, history = resume_state.step, list(resume_state.meta.get("history", []))
+    cache = install_prefix_cache(recipe, plan.hm, trainable)
     fwd_model, optimizer = acc.prepare(trainable.model, optimizer)
     fwd_model.train()
     pad = safe_pad_id(tokenizer, model)
     end = t.steps if stop_after is None else min(t.steps, stop_after)
-    bar = tqdm(range(start, end), desc=f"train {t.objective.name}", file=sys.stderr,
-               disable=not (progress and acc.is_main_process), initial=start, total=t.steps)
     ckpt_meta = {"recipe_hash": recipe.sha256, "train_hash": train_hash(recipe),
                  "objective": t.objective.name, "heads": [list(h) for h in plan.heads]}
-    for step in bar:
-        history.append(_one_step(step, t, obj, ctx, plan.params, fwd_model, trainable,
-                                 optimizer, acc, dialogues, pairs, pad))
-        logs = history[-1]
-        bar.set_postfix(loss=f"{logs['loss']:.3f}")
-        done = step + 1
-        if ckpts is not None and t.checkpoint_every and (done % t.checkpoint_every == 0
-                                                          or done == end):
-            acc.wait_for_everyone()
-            if acc.is_main_process:
-                ckpts.save(done, trainable.named, optimizer.optimizer
-                           if hasattr(optimizer, "optimizer") else optimizer,
-                           {**ckpt_meta, "history": history})
-    bar.close()
+    try:
+        train_steps(range(start, end), history, t, obj, ctx, plan.params, fwd_model, trainable,
+                    optimizer, acc, dialogues, pairs, pad, ckpts, ckpt_meta,
+                    progress=progress and acc.is_main_process)
+    finally:
+        cache.remove()  # the model is plain again whatever happened
     trainable.finish()  # e.g. whole-tensor training: the weights become the shipped ones
     # drop accelerate's wrappers (DDP, the autocast forward): the caller gets a plain model
     acc.unwrap_model(fwd_model, keep_fp32_wrapper=False).eval()
@@ -278,37 +253,10 @@ def run_training(plan: Plan, *, model=None, tokenizer=None, ckpts: Optional[Chec
            "touched_heads": trainable.touched_heads, "kv_policy": trainable.kv_policy,
            "trainable_parameters": trainable.n_trainable, "steps": t.steps, "seed": t.seed,
            "dtype": t.dtype, "num_processes": acc.num_processes, "data": data_info,
-           "neutral_text": plan.neutral_info,
+           "neutral_text": plan.neutral_info, "prefix_cache": cache.summary(),
            "history": history}
     return TrainResult(trainable.model, tokenizer, trainable, plan, log,
                        finished=end == t.steps)
-
-
-def _one_step(step: int, t, obj, ctx, params, fwd_model, trainable, optimizer, acc, dialogues,
-              pairs, pad) -> dict:
-    """One optimizer step (``grad_accum`` micro-batches); its row of the train history."""
-    t0 = time.perf_counter()
-    for g in optimizer.param_groups:
-        g["lr"] = lr_at(step, t)
-    logs: dict[str, float] = {}
-    for micro in range(t.grad_accum):
-        idx = batch_indices(step, micro, t, len(pairs), t.seed)
-        with acc.split_between_processes(idx) as mine:
-            if hasattr(obj, "collate"):  # objectives with inputs of their own
-                batch = obj.collate(ctx, params, [dialogues[i] for i in mine])
-            else:
-                batch = right_pad([pairs[i] for i in mine], pad)
-        batch.step, batch.micro = step, micro
-        with acc.accumulate(fwd_model):
-            loss, parts = obj.loss(ctx, fwd_model, trainable, batch.to(acc.device), params)
-            acc.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        parts["loss"] = float(acc.reduce(loss.detach(), "mean"))
-        for k, v in parts.items():
-            logs[k] = logs.get(k, 0.0) + v / t.grad_accum
-    return {"step": step + 1, "lr": lr_at(step, t), "seconds": round(time.perf_counter() - t0, 3),
-            **{k: round(v, 6) for k, v in logs.items()}}
 
 
 def train_in_memory(recipe: Recipe, *, heads: Optional[list] = None, model=None,
@@ -330,7 +278,11 @@ def delta_meta(result: TrainResult) -> dict:
 
 
 def write_outputs(result: TrainResult, out: Path) -> Path:
-    from headsurgeon.core.atomic import atomic_write_json
+    """The delta, its ``.train.json`` log and ``.loss.png``: written and checked together,
+    renamed into place together (the delta last), or none of them."""
+    import json
+
+    from headsurgeon.core.atomic import atomic_files
     from headsurgeon.model.delta import base_tensor_hashes, rounding_report, write_delta
 
     names = result.plan.ckpt_names
@@ -340,22 +292,29 @@ def write_outputs(result: TrainResult, out: Path) -> Path:
     rounding = rounding_report(result.plan.resolved.path, slices)
     if rounding.get("warning"):
         print(f"train: {rounding['warning']}", file=sys.stderr)
-    write_delta(out, slices, base_tensors=base, meta=delta_meta(result))
-    atomic_write_json(out.with_name(out.stem + ".train.json"),
-                      {**result.log, "shipped": rounding})
-    plot_loss(result.log["history"], out.with_name(out.stem + ".loss.png"))
+    log = json.dumps({**result.log, "shipped": rounding}, indent=2) + "\n"
+    with atomic_files() as group:
+        group.write_bytes(out.with_name(out.stem + ".train.json"), log.encode("utf-8"))
+        group.write_bytes(out.with_name(out.stem + ".loss.png"),
+                          loss_png(result.log["history"]))
+        write_delta(group.temp(out), slices, base_tensors=base, meta=delta_meta(result),
+                    atomic=False)
     return out
 
 
 def plot_loss(history: list, path: Path) -> None:
+    from headsurgeon.core.atomic import atomic_write_bytes
+
+    atomic_write_bytes(path, loss_png(history))
+
+
+def loss_png(history: list) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
     import io
 
     import matplotlib.pyplot as plt
-
-    from headsurgeon.core.atomic import atomic_write_bytes
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     steps = [h["step"] for h in history]
@@ -369,7 +328,19 @@ def plot_loss(history: list, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def _check_out(out: Path) -> None:
+    """Before any work: ``out``'s folder can hold it, and ``out`` replaces at most an
+    earlier delta (never a model's weights, a link or a device): core/paths.py's rule."""
+    from headsurgeon.core.paths import check_replace, make_parent, refuse_special
+    from headsurgeon.model.delta import is_delta
+
+    check_replace(out, force=True, ours=is_delta, what="a delta")
+    for suffix in (".train.json", ".loss.png"):
+        refuse_special(out.with_name(out.stem + suffix))
+    make_parent(out)
 
 
 def train(recipe: Recipe, out: Path, *, heads: Optional[list] = None, resume: bool = False,
@@ -387,6 +358,7 @@ def train(recipe: Recipe, out: Path, *, heads: Optional[list] = None, resume: bo
                                heads=[list(h) for h in plan.heads])
         else:
             print(f"no checkpoint at {ckpts.json_path}; starting from step 0", file=sys.stderr)
+    _check_out(out)  # the inputs are checked first; no training for an output refused later
     result = run_training(plan, ckpts=ckpts, resume_state=state, stop_after=stop_after,
                           progress=progress)
     if not result.finished:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from headsurgeon.core.errors import ValidationError
 from headsurgeon.data.questions import LETTERS, question_from_dict
 
-INSTALL = "pip install datasets"
+INSTALL = "pip install 'headsurgeon[hf]'"
 DATA_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet",
                  ".arrow": "arrow"}
 QUESTION_KEYS = ("question", "question_stem", "query", "problem", "prompt", "input", "ctx",
@@ -47,6 +47,7 @@ class Fields(BaseModel):
 
 class HFDataset:
     name = "hf"
+    requires = {"datasets": "headsurgeon[hf]"}
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -57,13 +58,17 @@ class HFDataset:
         fields: Fields = Field(default_factory=Fields, description=(
             "column names, where automatic detection fails"))
         limit: Optional[int] = Field(None, ge=1, description="read at most this many rows")
+        allow_duplicate_options: bool = Field(False, description=(
+            "keep rows two of whose options are the same text; by default such a row is "
+            "an error naming it"))
 
     def load(self, params: "HFDataset.Params"):
         rows, label = load_rows(params)
         out, seen = [], set()
         for i, row in enumerate(rows, 1):
             record = row_to_record(row, params.fields, index=i, file=label)
-            q = question_from_dict(record, file=label, line=i)
+            q = question_from_dict(record, file=label, line=i,
+                                   allow_duplicate_options=params.allow_duplicate_options)
             if q.id in seen:
                 raise ValidationError(f"duplicate id {q.id!r}", file=label, line=i, field="id")
             seen.add(q.id)

@@ -50,6 +50,9 @@ class SycophancyEvalDataset:
             "keep multiple-choice items, open-ended ones, or both"))
         datasets: Optional[list[str]] = Field(None, description=(
             "keep only these base.dataset values (default: all)"))
+        allow_duplicate_options: bool = Field(False, description=(
+            "keep items two of whose options are the same text; by default such an item "
+            "is an error naming its line"))
 
     def load(self, params: "SycophancyEvalDataset.Params"):
         from headsurgeon.data.datasets import expand_path
@@ -58,7 +61,8 @@ class SycophancyEvalDataset:
         name = str(path)
         out, seen = [], set()
         for lineno, record in iter_jsonl(path):
-            q = record_to_question(record, file=name, line=lineno)
+            q = record_to_question(record, file=name, line=lineno,
+                                   allow_duplicate_options=params.allow_duplicate_options)
             if params.kind != "all" and (params.kind == "mc") != q.is_mc:
                 continue
             if params.datasets is not None and q.extras["dataset"] not in params.datasets:
@@ -76,7 +80,7 @@ class SycophancyEvalDataset:
         return out
 
 
-def record_to_question(record, *, file: str, line: int):
+def record_to_question(record, *, file: str, line: int, allow_duplicate_options: bool = False):
     def bad(fld: str, msg: str) -> ValidationError:
         return ValidationError(msg, file=file, line=line, field=fld)
 
@@ -124,7 +128,8 @@ def record_to_question(record, *, file: str, line: int):
     rec = {"id": f"syc-{dataset}-{digest}", "question": question, "choices": choices,
            "answer": answer, "source": f"sycophancy_eval/{dataset}", **extras}
     try:
-        return question_from_dict(rec, file=file, line=line)
+        return question_from_dict(rec, file=file, line=line,
+                                  allow_duplicate_options=allow_duplicate_options)
     except ValidationError as exc:  # name the field of this format, not of ours
         fld = {"answer": "base.correct_letter" if choices else "base.correct_answer",
                "choices": "base.answers", "question": "base.question"}.get(exc.field or "",

@@ -68,6 +68,7 @@ class PeftTrainable(Trainable):
 class Lora(CrossEntropyObjective):
     name = "lora"
     needs_heads = False
+    requires = {"peft": "peft"}  # a runtime dependency; declared so validate names it
 
     class Params(StrictParams):
         rank: int = Field(16, ge=1, le=4096, description="LoRA rank")
