@@ -34,6 +34,14 @@ RUN_DIR = ("the run directory", "pass --out to write elsewhere")
 RECIPE_DIR = ("the recipe's folder", "keep the recipe where its runs belong")
 
 
+def recipe_output_path(value: Optional[str], base: tuple[str, str]) -> Optional[str]:
+    """A pydantic validator's body for a recipe's output path field: ``value`` unchanged,
+    or ValueError with the reason (a recipe may come from anyone: its outputs stay inside)."""
+    if value is not None and (problem := recipe_path_problem(value, base)):
+        raise ValueError(problem)
+    return value
+
+
 def recipe_path_problem(value: str, base: tuple[str, str]) -> Optional[str]:
     """Why ``value`` may not be a recipe's output path (None when it may): the lexical part
     of the rule, checked when the recipe is validated. ``base``: (its name, a hint)."""

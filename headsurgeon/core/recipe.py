@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 
 from headsurgeon.core import plugins
 from headsurgeon.core.errors import ValidationError
-from headsurgeon.core.paths import RECIPE_DIR, RUN_DIR, inside, recipe_path_problem
+from headsurgeon.core.paths import RECIPE_DIR, RUN_DIR, inside, recipe_output_path
 from headsurgeon.core.requirements import describe_missing
 from headsurgeon.core.yamlfile import Lines, load_yaml, load_yaml_text
 from headsurgeon.core.eval_sections import (  # noqa: F401 - re-exported
@@ -50,10 +50,7 @@ class Recipe(Strict):
     @field_validator("output_dir")
     @classmethod
     def _inside_recipe_dir(cls, v):
-        # a recipe may come from anyone: its output paths stay inside (core/paths.py)
-        if v is not None and (problem := recipe_path_problem(v, RECIPE_DIR)):
-            raise ValueError(problem)
-        return v
+        return recipe_output_path(v, RECIPE_DIR)
 
     @field_validator("heads", mode="before")
     @classmethod

@@ -308,12 +308,9 @@ class ApplySection(Strict):
     @field_validator("output")
     @classmethod
     def _inside_run_dir(cls, v):
-        # a recipe may come from anyone: its output paths stay inside (core/paths.py)
-        from headsurgeon.core.paths import RUN_DIR, recipe_path_problem
+        from headsurgeon.core.paths import RUN_DIR, recipe_output_path
 
-        if v is not None and (problem := recipe_path_problem(v, RUN_DIR)):
-            raise ValueError(problem)
-        return v
+        return recipe_output_path(v, RUN_DIR)
 
     @field_validator("shard_size")
     @classmethod
