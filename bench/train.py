@@ -34,6 +34,7 @@ from headsurgeon.train.dialogues import build_dialogues, build_pools, tokenize_a
 from headsurgeon.model.heads import HeadMap
 from headsurgeon.model.sources import load_model
 from headsurgeon.train.objectives import ObjectiveContext, right_pad, safe_pad_id
+from headsurgeon.train.run import adamw
 from headsurgeon.data.questions import read_jsonl
 from headsurgeon.core.recipe import Templates
 from headsurgeon.model.safetensors_io import read_checkpoint_index
@@ -95,8 +96,8 @@ class Runner:
             self.cache = prefix_cache_for(self.trainable, hm).install()
             if not self.cache.enabled:
                 raise SystemExit(f"{self.name}: no prefix cache ({self.cache.reason})")
-        self.opt = torch.optim.AdamW(self.trainable.parameters(), lr=1e-5, betas=(0.9, 0.95),
-                                     weight_decay=0.1)
+        self.opt = adamw(self.trainable.parameters(), lr=1e-5, betas=(0.9, 0.95),
+                         weight_decay=0.1)  # the train stage's optimizer (fused where it can)
         self.times: list[float] = []
         self.walls: list[float] = []
 

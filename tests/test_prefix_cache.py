@@ -17,6 +17,13 @@ from headsurgeon.train.run import train_in_memory
 
 from train_helpers import one_thread, tiny_recipe  # noqa: F401 - one torch thread
 
+
+@pytest.fixture(autouse=True)
+def _own_cwd(tmp_path, monkeypatch):
+    """Recipes without output_dir write under ./runs: each test gets its own, so a cache
+    left by an earlier run cannot change the counts asserted here."""
+    monkeypatch.chdir(tmp_path)
+
 HEADS = "[[1, 1], [2, 3]]"  # lowest trained layer 1 of 3: layer 0 is the cached prefix
 
 

@@ -69,10 +69,11 @@ ABLATIONS = {
 }
 
 
-def _outputs(job: LocateJob, seqs) -> torch.Tensor:
-    """[N, L, K, H*d] head outputs of ``seqs`` at their last K positions."""
+def _outputs(job: LocateJob, seqs, along) -> torch.Tensor:
+    """[N, L, K, H*d] head outputs of ``seqs`` (counterfactuals of ``along``) at their
+    last K positions."""
     p = job.probes
-    return torch.cat([job.engine.head_outputs(seqs[a:z], job.positions)
+    return torch.cat([job.engine.head_outputs(seqs[a:z], job.positions, along=along[a:z])
                       for a, z in p.batches(job.batch_size)])
 
 
@@ -83,10 +84,10 @@ def ablation_sources(job: LocateJob, ablation: str):
     same_reply = p.reply is p.ref or all(a is b for a, b in zip(p.reply, p.ref))
     if ablation == "mean":
         m = job.reference.head_out
-        r = m if same_reply else _outputs(job, p.reply)
+        r = m if same_reply else _outputs(job, p.reply, p.reply)
         return m.mean(0, keepdim=True), r.mean(0, keepdim=True)
-    m = _outputs(job, p.cf)
-    r = m if same_reply else _outputs(job, p.reply_cf)
+    m = _outputs(job, p.cf, p.ref)
+    r = m if same_reply else _outputs(job, p.reply_cf, p.reply)
     if ablation == "counterfactual":
         return m, r
     return m.mean(0, keepdim=True), r.mean(0, keepdim=True)

@@ -95,7 +95,11 @@ def baseline_blocks(recipe: Recipe, run_dir: Path, timings: Optional[dict],
         evals += eval_s(name) or 0.0
         params = ", ".join(f"{k} {v}" for k, v in ref.items() if k != "name")
         what = ("LoRA (peft) on every linear layer but the LM head, merged"
-                if ref.get("targets") == "all-linear" else BASELINE_WHAT[spec.name])
+                if ref.get("targets") == "all-linear" else
+                "SPT on as many random heads from the located heads' layers, same slices, "
+                "none of the located" if ref.get("layers") == "located"
+                else BASELINE_WHAT[spec.name])
+        ref = {k: v for k, v in ref.items() if k != "layers"}
         table.append([name, what + (f"; {params}" if params else ""),
                       _rate(recipe.eval.lr_of(spec) or recipe.train.lr),
                       _fmt(log.get("trainable_parameters")), _fmt(seconds, 1),

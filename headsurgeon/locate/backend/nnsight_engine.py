@@ -242,7 +242,7 @@ class NNsightEngine:
         r = self.map("reference", [u], nn_reference)[0]
         return RefRun(r["metric"], r["head_out"], r.get("attn"))
 
-    def head_outputs(self, seqs, K) -> torch.Tensor:
+    def head_outputs(self, seqs, K, along=None) -> torch.Tensor:  # along: torch engine only
         zero = MetricBatch(torch.zeros(len(seqs), 1, dtype=torch.long), torch.zeros(len(seqs), 1))
         return self.reference(seqs, zero, K).head_out
 

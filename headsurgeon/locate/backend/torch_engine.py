@@ -14,11 +14,13 @@ import torch
 from headsurgeon.model.heads import HeadMap
 from headsurgeon.locate.backend import MetricBatch, RefRun, pad_left, span_masks
 from headsurgeon.locate.backend.hook_state import HookState as _State, uses_sliding_window
+from headsurgeon.locate.backend.prefix_memo import PrefixMemo
+from headsurgeon.locate.backend.torch_greedy import GreedyRows
 from headsurgeon.model.kvrows import common_prefix
 from headsurgeon.model.placement import input_device
 
 
-class TorchEngine:
+class TorchEngine(GreedyRows):
     """Plain forward hooks. Per probe the unchanged prefix runs once into a KV cache
     (shared with the counterfactual up to their first differing token); the rows then run
     *packed*: one sequence of R x K new tokens over that batch-1 cache, with a block
@@ -29,9 +31,11 @@ class TorchEngine:
     name = "torch"
     remote = False
 
-    def __init__(self, model, hm: HeadMap, *, rows_per_pass: int = 128, use_cache: bool = True):
+    def __init__(self, model, hm: HeadMap, *, rows_per_pass: int = 128, use_cache: bool = True,
+                 memo_mb: float = 1024.0):
         self.model, self.hm = model, hm
         self.rows_per_pass, self.use_cache = rows_per_pass, use_cache
+        self.memo = PrefixMemo(memo_mb)  # the model must not change while the engine lives
         self.device = input_device(model)
         self.o_mods = [model.get_submodule(hm.o_module(l)) for l in range(hm.n_layers)]
         self.att_mods = [model.get_submodule(hm.arch.attention.format(layer=l))
@@ -47,6 +51,7 @@ class TorchEngine:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self.memo.clear()
 
     # -- hooks ------------------------------------------------------------------------------
     def _pre(self, l):
@@ -185,9 +190,20 @@ class TorchEngine:
         return torch.stack([d[l].to(self.device) for l in range(self.hm.n_layers)], 1)
 
     @torch.no_grad()
+    def _plain(self, toks):
+        """The batch-1 cache of ``toks``, computed once per engine (:mod:`.prefix_memo`)."""
+        key = tuple(int(t) for t in toks)
+        kv = self.memo.get(key)
+        if kv is None:
+            kv = self._extend(None, toks, 0)
+            self.memo.put(key, kv)
+        return kv
+
+    @torch.no_grad()
     def _prefix(self, seq, K, cf=None):
         """(cache of seq[:T-K] or None, counterfactual head outputs [L, K, H*d] or None);
-        the counterfactual runs from the cache of the prefix it shares with ``seq``."""
+        the counterfactual runs from the cache of the prefix it shares with ``seq`` (the
+        first positions of seq's own cache: a causal cache's prefix is the prefix's cache)."""
         P = len(seq) - K
         if not self._cached(seq):
             cf_out = None
@@ -196,14 +212,17 @@ class TorchEngine:
                 self._full(torch.tensor([list(cf)]), st)
                 cf_out = self._stack(st.head_out)[0]
             return None, cf_out
-        if cf is None:
-            return self._extend(None, seq[:P], 0), None
+        kv = self._plain(seq[:P])
+        key = (tuple(seq), K, None if cf is None else tuple(cf))
+        if cf is None or key in self.memo.cf_out:
+            return kv, self.memo.cf_out.get(key)
         c = min(common_prefix(seq, cf), P, len(cf) - K)
-        base = self._extend(None, seq[:c], 0) if c else None
+        base = [(k[:, :, :c], v[:, :, :c]) for k, v in kv] if c else None
         st = _State(n=K, capture=True)
         self._packed(base, c, torch.tensor([list(cf[c:])]),
                      torch.arange(c, len(cf))[None], st)
-        return self._extend(base, seq[c:P], c), self._stack(st.head_out)[0]
+        self.memo.cf_out[key] = self._stack(st.head_out)[0]
+        return kv, self.memo.cf_out[key]
 
     @torch.no_grad()
     def _reference_one(self, seq, metric, K, kv, span=None):
@@ -228,7 +247,11 @@ class TorchEngine:
                       torch.stack([r[1] for r in rows]).cpu(), attn)
 
     @torch.no_grad()
-    def head_outputs(self, seqs, K) -> torch.Tensor:
+    def head_outputs(self, seqs, K, along=None) -> torch.Tensor:
+        """[B, L, K, H*d] head outputs at the last K positions of ``seqs``; ``along[b]``:
+        a probe that ``seqs[b]`` is the counterfactual of (its cached prefix is shared)."""
+        if along is not None and all(self._cached(a) for a in along):
+            return torch.stack([self._prefix(a, K, s)[1].cpu() for a, s in zip(along, seqs)])
         outs = []
         for s in seqs:
             st = _State(n=K, capture=True)
@@ -324,60 +347,6 @@ class TorchEngine:
             scores.append(score.cpu())
             vals.append(v.detach()[0].float().cpu())
         return torch.stack(vals), torch.stack(scores)
-
-    @torch.no_grad()
-    def greedy(self, seqs, n_new: int, K: int, masks=None, source=None, progress=None,
-               stop=None):
-        """Greedy continuations [B, R, n_new]; heads in ``masks`` [R, L, H] are replaced by
-        ``source`` [L, K, H*d] at the last K prompt positions and (with the last
-        position's value) at every generated position. ``stop(tokens) -> bool`` ends a row
-        early (its remaining entries are -1)."""
-        if masks is None:
-            masks = torch.zeros(1, self.hm.n_layers, self.hm.n_heads, dtype=torch.bool)
-            source = torch.zeros(self.hm.n_layers, K, self.hm.n_heads * self.hm.head_dim)
-        R = masks.shape[0]
-        out = torch.empty(len(seqs), R, n_new, dtype=torch.long)
-        for b, seq in enumerate(seqs):
-            cached = self._cached(list(seq) + [0] * n_new)
-            kv = self._extend(None, seq[:len(seq) - K], 0) if cached else None
-            for a in range(0, R, self.rows_per_pass):
-                z = min(R, a + self.rows_per_pass)
-                out[b, a:z] = self._greedy_rows(seq, n_new, K, masks[a:z], source, kv, cached,
-                                                stop)
-            if progress is not None:
-                progress.update(1)
-        return out
-
-    def _greedy_rows(self, seq, n_new, K, masks, source, kv, cached, stop):
-        R, T = masks.shape[0], len(seq)
-        P = T - K
-        out = torch.full((R, n_new), -1, dtype=torch.long)
-        st = _State(n=K, masks=masks, src=source[None])
-        if cached:
-            logits, kv, owner = self._packed(kv, P, *self._rows(seq, P, R), st)
-        else:
-            logits = self._full(torch.tensor([list(seq)]).expand(R, T), st)
-        out[:, 0] = logits.argmax(-1).cpu()
-        active = torch.arange(R)
-        for j in range(1, n_new):
-            if stop is not None:
-                active = torch.tensor([int(r) for r in active if not stop(out[r, :j].tolist())],
-                                      dtype=torch.long)
-                if not len(active):
-                    break
-            m = masks[active]
-            if cached:
-                st = _State(n=1, masks=m, src=source[None, :, -1:])
-                logits, kv, owner = self._packed(kv, P, out[active, j - 1][:, None],
-                                                 torch.full((len(active), 1), T + j - 1), st,
-                                                 owner, row_ids=active)
-            else:
-                full = torch.cat([torch.tensor([list(seq)]).expand(len(active), T),
-                                  out[active, :j]], 1)
-                src = torch.cat([source, source[:, -1:].expand(-1, j, -1)], 1)
-                logits = self._full(full, _State(n=K + j, masks=m, src=src[None]))
-            out[active, j] = logits.argmax(-1).cpu()
-        return out
 
     @torch.no_grad()
     def next_token_stats(self, seqs):
