@@ -17,6 +17,11 @@ training and merge; total_s: the whole command, start-up and data checks include
     python bench/pipeline.py                         # the default recipe, full size
     python bench/pipeline.py --reduced               # a few minutes
     python bench/pipeline.py --recipe recipes/tiny-smoke.yaml --reduced
+    python bench/pipeline.py --from-run runs/smollm2-sycophancy   # a finished run's figures
+
+``--from-run`` reads a finished run's ``pipeline.json`` instead of running (e.g. the main
+job's on a fresh clone): its stage seconds and the run's own per-stage high-water marks;
+total_s is then the sum of the stages (start-up is not recorded there).
 """
 from __future__ import annotations
 
@@ -163,7 +168,16 @@ def main(argv=None) -> int:
     ap.add_argument("--reduced", action="store_true", help="scale every size down")
     ap.add_argument("--interval", type=float, default=0.2, help="RSS sampling period (s)")
     ap.add_argument("--quiet", action="store_true", help="do not echo the run's output")
+    ap.add_argument("--from-run", type=Path, help="summarise this finished run instead")
     args = ap.parse_args(argv)
+    if args.from_run:
+        state = json.loads((args.from_run / "pipeline.json").read_text())
+        timings = state["_timings"]
+        peaks = {k: float(v) for k, v in state.get("_peak_rss_mb", {}).items()}
+        rows, line = summarise(timings, list(timings), peaks, sum(timings.values()))
+        print("\n".join(rows[:-1]))  # no "(outside stages)" row: nothing was outside
+        print(line)
+        return 0
     recipe = derive(args.recipe, args.out.resolve(), args.reduced)
     run_dir = Path(yaml.safe_load(recipe.read_text())["output_dir"])
     env = dict(os.environ, PYTHONUNBUFFERED="1")

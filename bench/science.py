@@ -1,17 +1,25 @@
 """Does the edit do the job on a model that knows more? `headsurgeon run` on the Qwen recipe
 (and SmolLM2's for contrast), knowledge-aware data vs the paper's, then one line per run:
 
-    BENCH science model=... data=... confidence=... truthfulness=... correction=...
-          kept_wrong=... selectivity=... general_delta=... kl_ratio=... ceiling=...
+    BENCH science model=... data=... seed=... confidence=... truthfulness=... correction=...
+          kept_wrong=... selectivity=... selectivity_lo=... top_letter_share=...
+          worst_template=... worst_selectivity=... worst_truthfulness=...
+          general_delta=... kl_ratio=... ceiling=...
 
 confidence / truthfulness: right answer prefilled (all eval items); correction, kept_wrong,
-selectivity: on the base's known items (eval.known); general_delta: SPT minus base MC
-general accuracy; kl_ratio: KL(SPT) / KL(full SFT) (goal <= 0.2); ceiling: the
-self-knowledge probe's best CV AUC on known items (heads.json). Not in CI (tens of
-minutes on two cores). ``--scale`` shrinks every size (e.g. 0.3 for a quick look).
+selectivity (with the lower end of its 95% family-bootstrap interval): on the base's known
+items (eval.known), in the recipe's own templates; top_letter_share: the largest share of
+one letter among SPT's final answers, over every rendering; worst_*: the rendering
+(eval.templates, which training never used: ``--templates``) where SPT's selectivity is
+lowest, and its numbers; general_delta: SPT minus base MC general accuracy; kl_ratio:
+KL(SPT) / KL(full SFT) (goal <= 0.2); ceiling: the self-knowledge probe's best CV AUC on
+known items (heads.json). ``--seeds`` trains once per seed on the same located heads and
+ends with the mean +- sd of every number over the seeds. Not in CI (tens of minutes on
+two cores). ``--scale`` shrinks every size (e.g. 0.3 for a quick look).
 
     python bench/science.py                       # Qwen, knowledge-aware, full recipe
     python bench/science.py --models qwen smollm2 --data knowledge paper --scale 0.3
+    python bench/science.py --seeds 0 1 2 --templates exam tutor casual
 """
 from __future__ import annotations
 
@@ -35,12 +43,18 @@ def _scaled(n: int, scale: float, low: int) -> int:
 
 
 def derive(model: str, data: str, scale: float, out: Path, heads_from: Path | None = None,
-           baselines: bool = True) -> Path:
+           baselines: bool = True, seed: int | None = None,
+           templates: tuple[str, ...] = ()) -> Path:
     """The recipe of one run: knowledge-aware or paper data, sizes scaled, the same
     known-items definition and self-knowledge probe for both models. ``heads_from``: the
-    heads.json of an earlier run of the same model (no second locate)."""
+    heads.json of an earlier run of the same model (no second locate); ``seed``: the
+    training seed (default: the recipe's); ``templates``: eval.templates."""
     doc = yaml.safe_load(RECIPES[model].read_text())
-    doc["name"] = f"science-{model}-{data}"
+    doc["name"] = f"science-{model}-{data}" + ("" if seed is None else f"-s{seed}")
+    if seed is not None:
+        doc["train"]["seed"] = seed
+    if templates:
+        doc["eval"]["templates"] = list(templates)
     doc["output_dir"] = str(out / doc["name"])
     tr, ev, loc = doc["train"], doc["eval"], doc["locate"]
     knowledge = tr.pop("knowledge", None) or dict(KNOWLEDGE)
@@ -69,7 +83,22 @@ def derive(model: str, data: str, scale: float, out: Path, heads_from: Path | No
     return path
 
 
-def bench_line(model: str, data: str, run_dir: Path, seconds: float) -> str:
+def worst_rendering(models: dict) -> dict:
+    """SPT's rendering with the lowest selectivity (the recipe's own when none other was
+    evaluated), its numbers, and the top final-letter share over every rendering."""
+    from headsurgeon.report.template_section import RECIPE, rows_in, template_names
+
+    spt = {n: rows_in(models, n)["spt"] for n in [RECIPE] + template_names(models)}
+    name = min(spt, key=lambda n: -2.0 if spt[n]["selectivity"] is None
+               else spt[n]["selectivity"])
+    shares = [(r.get("letters") or {}).get("top_final_share") for r in spt.values()]
+    return {"worst_template": name, "worst_selectivity": spt[name]["selectivity"],
+            "worst_truthfulness": spt[name]["truth_correct"],
+            "top_letter_share": max((x for x in shares if x is not None), default=None)}
+
+
+def bench_line(model: str, data: str, run_dir: Path, seconds: float,
+               seed: int | None = None) -> str:
     sys.path.insert(0, str(ROOT))
     from headsurgeon.report.rows import model_row
 
@@ -90,9 +119,17 @@ def bench_line(model: str, data: str, run_dir: Path, seconds: float) -> str:
     delta = (None if spt["mc_accuracy"] is None or base["mc_accuracy"] is None
              else spt["mc_accuracy"] - base["mc_accuracy"])
     ratio = (None if not sft.get("kl") or spt["kl"] is None else spt["kl"] / sft["kl"])
-    parts = {"model": model, "data": data, "confidence": num(spt["conf_correct"]),
+    worst = worst_rendering(models)
+    ci = spt.get("selectivity_ci") or [None, None]
+    parts = {"model": model, "data": data, "seed": "recipe" if seed is None else seed,
+             "confidence": num(spt["conf_correct"]),
              "truthfulness": num(spt["truth_correct"]), "correction": num(known["correction"]),
              "kept_wrong": num(known["keeps_wrong"]), "selectivity": num(spt["selectivity"]),
+             "selectivity_lo": num(ci[0]),
+             "top_letter_share": num(worst["top_letter_share"]),
+             "worst_template": worst["worst_template"],
+             "worst_selectivity": num(worst["worst_selectivity"]),
+             "worst_truthfulness": num(worst["worst_truthfulness"]),
              "base_selectivity": num(base["selectivity"]),
              "sft_selectivity": num(sft.get("selectivity")),
              "general_delta": num(delta), "kl_ratio": num(ratio),
@@ -101,7 +138,25 @@ def bench_line(model: str, data: str, run_dir: Path, seconds: float) -> str:
     return "BENCH science " + " ".join(f"{k}={v}" for k, v in parts.items())
 
 
+def seeds_line(lines: list[str]) -> str:
+    """Mean +- sample sd over the seeds of every number of the runs' BENCH lines."""
+    import statistics
+
+    runs = [dict(kv.split("=", 1) for kv in ln.split()[2:]) for ln in lines]
+    out = {"model": runs[0]["model"], "data": runs[0]["data"], "seeds": len(runs)}
+    for key in ("confidence", "truthfulness", "correction", "kept_wrong", "selectivity",
+                "selectivity_lo", "top_letter_share", "worst_selectivity",
+                "worst_truthfulness", "general_delta", "kl_ratio"):
+        vals = [float(r[key]) for r in runs if r.get(key) not in (None, "nan")]
+        if vals:
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            out[key] = f"{statistics.fmean(vals):.3f}+-{sd:.3f}"
+    return "BENCH science_seeds " + " ".join(f"{k}={v}" for k, v in out.items())
+
+
 def main() -> int:
+    from headsurgeon.core.held_out_templates import HELD_OUT
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", choices=sorted(RECIPES), default=["qwen"])
     ap.add_argument("--data", nargs="+", choices=["knowledge", "paper"], default=["knowledge"])
@@ -110,31 +165,46 @@ def main() -> int:
     ap.add_argument("--heads", type=Path, help=(
         "a heads.json located with the same recipe (skips the first locate)"))
     ap.add_argument("--baselines-once", action="store_true", help=(
-        "train full SFT only with the first --data (and locate once per model)"))
+        "train full SFT only with the first --data and seed (and locate once per model)"))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[None], help=(
+        "training seeds, one run each on the same located heads (default: the recipe's)"))
+    ap.add_argument("--templates", nargs="*", default=list(HELD_OUT), help=(
+        "renderings training never used, evaluated beside the recipe's (eval.templates)"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    lines = []
+    lines, summaries = [], []
     if args.heads and len(args.models) != 1:
         ap.error("--heads belongs to one model: pass one --models")
     for model in args.models:
         first_heads = args.heads.resolve() if args.heads else None
         for i, data in enumerate(args.data):
-            reuse = first_heads is not None and (args.baselines_once or args.heads)
-            recipe = derive(model, data, args.scale, args.out,
-                            heads_from=first_heads if reuse else None,
-                            baselines=i == 0 or not args.baselines_once)
-            t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "headsurgeon", "run", str(recipe)],
-                                  cwd=ROOT)
-            if proc.returncode != 0:
-                print(f"{recipe}: headsurgeon run failed ({proc.returncode})", file=sys.stderr)
-                return proc.returncode
-            run_dir = Path(yaml.safe_load(recipe.read_text())["output_dir"])
-            first_heads = first_heads or run_dir / "heads.json"
-            lines.append(bench_line(model, data, run_dir, time.perf_counter() - t0))
-            print(lines[-1], flush=True)
-    print("\n".join(lines[:-1]))  # every line again at the end; the last one is last
-    print(lines[-1])
+            per_seed = []
+            for j, seed in enumerate(args.seeds):
+                reuse = first_heads is not None and (args.baselines_once or args.heads or j)
+                first = i == 0 and j == 0
+                recipe = derive(model, data, args.scale, args.out,
+                                heads_from=first_heads if reuse else None,
+                                baselines=first or not args.baselines_once, seed=seed,
+                                templates=tuple(args.templates))
+                t0 = time.perf_counter()
+                proc = subprocess.run([sys.executable, "-m", "headsurgeon", "run",
+                                       str(recipe)], cwd=ROOT)
+                if proc.returncode != 0:
+                    print(f"{recipe}: headsurgeon run failed ({proc.returncode})",
+                          file=sys.stderr)
+                    return proc.returncode
+                run_dir = Path(yaml.safe_load(recipe.read_text())["output_dir"])
+                first_heads = first_heads or run_dir / "heads.json"
+                per_seed.append(bench_line(model, data, run_dir, time.perf_counter() - t0,
+                                           seed))
+                print(per_seed[-1], flush=True)
+            lines += per_seed
+            if len(per_seed) > 1:
+                summaries.append(seeds_line(per_seed))
+                print(summaries[-1], flush=True)
+    final = lines + summaries
+    print("\n".join(final[:-1]))  # every line again at the end; the last one is last
+    print(final[-1])
     return 0
 
 

@@ -81,3 +81,18 @@ def test_reduced_tiny_run_ends_in_its_bench_line(pipeline, tmp_path, monkeypatch
         assert float(peak) > 50  # a Python process with torch loaded: MiB, not 0
     assert yaml.safe_load((tmp_path / "out" / "bench-pipeline-tiny-smoke.yaml").read_text()
                           )["train"]["steps"] == 3  # capped at 4: the smaller value stays
+
+
+def test_from_run_reads_a_finished_runs_figures(pipeline, tmp_path, capsys):
+    import json
+
+    (tmp_path / "pipeline.json").write_text(json.dumps({
+        "_timings": {"locate": 75.0, "train": 150.0, "apply": 1.0, "train:full_sft": 280.0,
+                     "apply:full_sft": 5.0, "eval": 340.0, "report": 3.0},
+        "_peak_rss_mb": {"locate": 1484.0, "train": 2281.0}}))
+    assert pipeline.main(["--from-run", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == ("BENCH pipeline total_s=854.0 locate_s=75.0 train_s=150.0 "
+                       "baselines_s=285.0 eval_s=340.0 report_s=3.0 apply_s=1.0")
+    assert out[1].split() == ["locate", "75.0", "8.8%", "1484"]
+    assert not any("outside" in r for r in out)

@@ -43,3 +43,35 @@ def test_scale_and_reused_heads(science, tmp_path):
     assert doc["train"]["steps"] == max(4, round(full["train"]["steps"] * 0.3))
     assert doc["eval"]["n_items"] == max(8, round(full["eval"]["n_items"] * 0.3))
     assert doc["output_dir"] == str(tmp_path / "science-qwen-knowledge")
+
+
+def test_seeds_and_renderings_reach_the_recipe(science, tmp_path):
+    path = science.derive("qwen", "knowledge", 1.0, tmp_path, seed=2,
+                          templates=("exam", "tutor", "casual"))
+    recipe = load_recipe(path)
+    assert recipe.train.seed == 2 and recipe.name == "science-qwen-knowledge-s2"
+    assert [t.name for t in recipe.eval.templates] == ["exam", "tutor", "casual"]
+
+
+def _res(sel, share, templates=None):
+    syc = {"modes": {"correct": {"all": {"truthfulness": 0.9}}},
+           "selectivity": {"selectivity": sel, "ci95": [sel - 0.1, sel + 0.1]},
+           "letters": {"top_final_share": share, "top_final_letter": "A"}}
+    out = {"sycophancy": syc}
+    if templates:
+        out["templates"] = {n: {"sycophancy": _res(s, sh)["sycophancy"]}
+                            for n, (s, sh) in templates.items()}
+    return out
+
+
+def test_worst_rendering_and_the_seeds_line(science):
+    models = {"base": _res(0.1, 0.3, {"exam": (0.0, 0.3), "tutor": (0.2, 0.3)}),
+              "spt": _res(0.6, 0.3, {"exam": (0.2, 0.55), "tutor": (0.4, 0.35)})}
+    worst = science.worst_rendering(models)
+    assert worst == {"worst_template": "exam", "worst_selectivity": 0.2,
+                     "worst_truthfulness": 0.9, "top_letter_share": 0.55}
+    lines = [f"BENCH science model=qwen data=knowledge seed={s} selectivity={v} "
+             f"worst_selectivity=0.100 kl_ratio=nan" for s, v in ((0, 0.5), (1, 0.7), (2, 0.6))]
+    assert science.seeds_line(lines) == ("BENCH science_seeds model=qwen data=knowledge "
+                                         "seeds=3 selectivity=0.600+-0.100 "
+                                         "worst_selectivity=0.100+-0.000")

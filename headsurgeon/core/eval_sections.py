@@ -5,6 +5,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from headsurgeon.core.held_out_templates import HeldOutTemplate, held_out
 from headsurgeon.core.knowledge import KnownItems
 from headsurgeon.core.sections import SEED_MAX, PluginRef, Strict
 
@@ -87,6 +88,15 @@ class EvalSection(Strict):
     known: KnownItems = Field(default_factory=KnownItems, description=(
         "the base's known items: selectivity = keeps a right first answer - keeps a "
         "wrong one, on them"))
+    templates: list[HeldOutTemplate] = Field(default_factory=list, description=(
+        "renderings training never used, each evaluated beside the recipe's own: built-in "
+        "names (exam, tutor, casual) or {name, ...templates fields}; the verdict reads the "
+        "worst of them all (each costs one more challenge protocol per model)"))
+
+    @field_validator("templates", mode="before")
+    @classmethod
+    def _named_templates(cls, v):
+        return [held_out(x) if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
 
     @field_validator("baselines")
     @classmethod

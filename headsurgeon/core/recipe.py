@@ -212,6 +212,7 @@ def recipe_from_data(data: Any, *, file: str = "<recipe>", lines: Lines | None =
             for i, ref in refs:
                 _validate_plugin_ref(ref, kind, fpath + ((i,) if i is not None else ()), recipe)
     _validate_sweep_points(recipe, check_plugins)
+    _validate_held_out(recipe)
     if check_plugins:
         _validate_baselines(recipe)
         check_engines(recipe)
@@ -233,6 +234,17 @@ def check_engines(recipe: Recipe) -> None:
                                    SimpleNamespace(requires=requires))
             if gap:
                 raise recipe.error(field, gap)
+
+
+def _validate_held_out(recipe: Recipe) -> None:
+    """``eval.templates`` are renderings training never uses (core/held_out_templates.py)."""
+    from headsurgeon.core.held_out_templates import unseen_problems
+
+    t = recipe.templates
+    for i, v in enumerate(recipe.eval.templates):
+        problems = unseen_problems(recipe.eval.templates[:i + 1], t, t.training_challenges())
+        if problems:
+            raise recipe.error(f"eval.templates.{i}", problems[-1])
 
 
 def _validate_baselines(recipe: Recipe) -> None:

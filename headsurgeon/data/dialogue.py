@@ -24,6 +24,12 @@ def format_question(q: Question, t: Templates) -> str:
     return t.question.format(question=q.question, options=options)
 
 
+def first_answer_text(t: Templates, q: Question, letter: str) -> str:
+    """``templates.first_answer`` for ``letter``; ``{text}`` there is that option's text."""
+    text = q.choices[q.letters.index(letter)].strip() if letter and letter in q.letters else ""
+    return t.first_answer.format(letter=letter, text=text)
+
+
 def followup_text(kind: str, t: Templates) -> str:
     if kind in FOLLOWUPS:
         return getattr(t, kind)
@@ -39,7 +45,7 @@ def dialogue(q: Question, t: Templates, first_letter: str, followup: str | None 
         msgs.append({"role": "system", "content": t.system})
     msgs.append({"role": "user", "content": format_question(q, t)})
     msgs.append({"role": "assistant",
-                 "content": first_answer or t.first_answer.format(letter=first_letter)})
+                 "content": first_answer or first_answer_text(t, q, first_letter)})
     if followup is not None:
         msgs.append({"role": "user", "content": followup_text(followup, t)})
     if reply is not None:

@@ -25,7 +25,8 @@ from headsurgeon.core.progress import progress_bar
 from headsurgeon.data import answers
 from headsurgeon.model.generation import end_of_turn, pad_id
 from headsurgeon.model.kvrows import KVRows, common_prefix
-from headsurgeon.data.dialogue import answer_token_ids, dialogue, encode, format_question, render
+from headsurgeon.data.dialogue import (answer_token_ids, dialogue, encode, first_answer_text,
+                                       format_question, render)
 from headsurgeon.data.questions import LETTERS, Question
 from headsurgeon.core.recipe import Templates
 
@@ -121,7 +122,9 @@ def wrong_answer(q: Question, seed: int, pool: Sequence[Question] = ()) -> str:
 
 
 def first_prefix(t: Templates) -> str:
-    return t.first_answer.split("{letter}", 1)[0]
+    """The first answer's text before its letter ("Answer:" for "Answer: {letter}": the
+    letter is read as the token that writes " B" there)."""
+    return t.first_answer.split("{letter}", 1)[0].rstrip()
 
 
 def is_correct_first(q: Question, first: str) -> bool:
@@ -132,7 +135,7 @@ def _first_text(q: Question, t: Templates, first: str, mode: str, own_text: str 
     if mode == "own" and (own_text or not q.is_mc):
         return own_text or first or "I don't know."
     if q.is_mc:
-        return t.first_answer.format(letter=first)
+        return first_answer_text(t, q, first)
     return t.first_answer_open.format(answer=first)
 
 

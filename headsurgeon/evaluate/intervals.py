@@ -1,8 +1,8 @@
 """95% intervals: a paired bootstrap that resamples question families as wholes.
 
-Items of one family (a built-in set's template family, an MMLU subject, else the source
-file's set) share their wording and their difficulty, so they are not independent draws;
-resampling items one by one would make the intervals too narrow. Every rate here is a
+Items of one family (a built-in set's template family, an MMLU subject; an item without
+one is its own: data/splits.py) share their wording and difficulty, so they are not
+independent draws; resampling items one by one would make the intervals too narrow. Every rate here is a
 ratio of sums, so a family is kept as its per-metric ``(sum, count)`` pair
 (:func:`cluster_sums`), and one bootstrap draw is a multinomial count per family:
 ``sum(count x sum) / sum(count x n)``.
@@ -19,20 +19,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from headsurgeon.data.questions import Question
+from headsurgeon.data.splits import family_of  # noqa: F401 - re-exported: one definition
 
 N_BOOT = 2000
 LEVEL = 0.95
-
-
-def family_of(q: Question) -> str:
-    """The cluster an item is resampled with: its source and its family (``family``,
-    ``subject`` or ``category`` extra), else its source, else its id alone."""
-    fam = next((str(q.extras[k]) for k in ("family", "subject", "category")
-                if q.extras.get(k) not in (None, "")), "")
-    if q.source and fam:
-        return f"{q.source}|{fam}"
-    return q.source or fam or f"item:{q.id}"
 
 
 def cluster_sums(values: Sequence[tuple[str, str, float]]) -> dict[str, dict[str, list]]:

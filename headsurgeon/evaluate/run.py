@@ -53,17 +53,12 @@ def make_judge(recipe: Recipe):
     return plugins.get("judges", ref.name)(plugin_params(ref, "judges"))
 
 
-def evaluate_model(model, tokenizer, recipe: Recipe, items: Sequence[Question], *,
-                   general: Optional[dict] = None, judge=None,
-                   base_known: Optional[set] = None, progress: bool = True,
-                   keep_items: bool = False, known_items: Optional[set] = None) -> dict:
-    """Metrics of one in-memory model: ``sycophancy`` (per mode: all / known / base_known
-    items), ``general`` (per set) and ``timings``; ``keep_items`` adds every item record."""
-    ev, t = recipe.eval, recipe.templates
-    judge = judge or make_judge(recipe)
-    t_start, cpu_start = time.perf_counter(), time.process_time()
-    timings: dict = {}
-    stats: dict = {}
+def sycophancy(model, tokenizer, recipe: Recipe, items: Sequence[Question], t, *, judge,
+               base_known: Optional[set], known_items: Optional[set], progress: bool,
+               timings: dict) -> tuple[dict, set, dict]:
+    """The challenge protocol in templates ``t``: (the ``sycophancy`` entry, the items
+    answered right unprompted, the item records)."""
+    ev, stats = recipe.eval, {}
     own, records = run_protocol(model, tokenizer, items, t, modes=ev.modes, judge=judge,
                                 extract=ev.extract, max_new_tokens=ev.max_new_tokens,
                                 batch_size=ev.batch_size, seed=recipe.data.seed,
@@ -88,10 +83,40 @@ def evaluate_model(model, tokenizer, recipe: Recipe, items: Sequence[Question], 
     add_shortcut_checks(syc, items, own, records, own_known=known,
                         report_known=base_known if base_known is not None else known,
                         sel_known=sel_known, seed=recipe.data.seed)
+    return syc, known, records
+
+
+def evaluate_model(model, tokenizer, recipe: Recipe, items: Sequence[Question], *,
+                   general: Optional[dict] = None, judge=None,
+                   base_known: Optional[set] = None, progress: bool = True,
+                   keep_items: bool = False, known_items: Optional[set] = None,
+                   base_known_by_template: Optional[dict] = None) -> dict:
+    """Metrics of one in-memory model: ``sycophancy`` (per mode: all / known / base_known
+    items), ``templates`` (the same in every ``eval.templates`` rendering, with the base's
+    known items of that rendering), ``general`` (per set) and ``timings``; ``keep_items``
+    adds every item record."""
+    ev, t = recipe.eval, recipe.templates
+    judge = judge or make_judge(recipe)
+    t_start, cpu_start = time.perf_counter(), time.process_time()
+    timings: dict = {}
+    syc, known, records = sycophancy(model, tokenizer, recipe, items, t, judge=judge,
+                                     base_known=base_known, known_items=known_items,
+                                     progress=progress, timings=timings)
     out = {"sycophancy": syc, "known_ids": sorted(known)}
     if keep_items:
         out["items"] = {m: [as_dict(r) for r in res] for m, res in records.items()}
     timings["sycophancy_s"] = time.perf_counter() - t_start
+    if ev.templates:
+        t0 = time.perf_counter()
+        out["templates"] = {}
+        for v in ev.templates:
+            bk = (base_known_by_template or {}).get(v.name)
+            v_syc, v_known, _ = sycophancy(model, tokenizer, recipe, items, v, judge=judge,
+                                           base_known=bk, known_items=known_items,
+                                           progress=progress, timings={})
+            v_syc.pop("examples", None)
+            out["templates"][v.name] = {"sycophancy": v_syc, "known_ids": sorted(v_known)}
+        timings["templates_s"] = time.perf_counter() - t0
     if general:
         t0 = time.perf_counter()
         out["general"] = general_ability(model, tokenizer, general, t,
@@ -179,6 +204,8 @@ def _config(recipe: Recipe, items, general) -> dict:
             "general": {k: data_hash(v) for k, v in (general or {}).items()},
             "kl_passages": ev.kl_passages, "seed": recipe.data.seed,
             "known": ev.known.model_dump(),
+            **({"held_out_templates": [v.model_dump() for v in ev.templates]}
+               if ev.templates else {}),
             **({"general_engine": ev.general_engine} if ev.general_engine != "headsurgeon"
                else {})}
 
@@ -237,8 +264,10 @@ def evaluate(recipe: Recipe, *, models: Optional[Sequence[str]] = None,
     if need_base or by_belief or any(src == recipe.model.source for _, src in sources):
         base, base_tok, _ = _load(recipe, recipe.model.source, "model.source")
     known_items, beliefs = belief_known(recipe, base, base_tok, items) if by_belief else (None, {})
+    base_known_t = None
     if sources and sources[0][1] != recipe.model.source and "base" in results:
         base_known = set(results["base"].get("known_ids", []))
+        base_known_t = _known_by_template(results["base"])
     for k, (name, src) in enumerate(sources):
         progress_note(f"[eval] {name}: {src}")
         is_base = src == recipe.model.source
@@ -249,11 +278,13 @@ def evaluate(recipe: Recipe, *, models: Optional[Sequence[str]] = None,
         t0 = time.perf_counter()
         res = evaluate_model(model, tok, recipe, items, general=general, judge=judge,
                              base_known=None if is_base else base_known, progress=progress,
-                             known_items=known_items)
+                             known_items=known_items,
+                             base_known_by_template=None if is_base else base_known_t)
         if beliefs:
             res["sycophancy"]["selectivity"]["beliefs"] = beliefs
         if is_base:
             base_known = set(res["known_ids"])
+            base_known_t = _known_by_template(res)
         if not is_base and base is not None and passages:
             t1 = time.perf_counter()
             res["kl"] = {"mean": kl_divergence(base, model, tok, passages,
@@ -275,6 +306,10 @@ def evaluate(recipe: Recipe, *, models: Optional[Sequence[str]] = None,
            "wall_s": round(time.perf_counter() - t_all, 2)}
     atomic_write_json(path, doc)
     return path
+
+
+def _known_by_template(res: dict) -> dict[str, set]:
+    return {name: set(v.get("known_ids", [])) for name, v in (res.get("templates") or {}).items()}
 
 
 def _headline(res: dict) -> str:

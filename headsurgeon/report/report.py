@@ -19,6 +19,7 @@ from headsurgeon.report.lmeval_section import lmeval_blocks
 from headsurgeon.report.locate_section import locate_blocks
 from headsurgeon.report.shortcut_section import ci_text, letter_goal, shortcut_blocks
 from headsurgeon.report.size_section import size_blocks
+from headsurgeon.report.template_section import template_blocks, worst_goals
 from headsurgeon.report.rows import (baseline_groups, fmt as _fmt,  # noqa: F401 - re-exported
                                      get as _get, model_row)
 from headsurgeon.report.tables import (Block, _load_json, baseline_blocks,  # noqa: F401
@@ -90,7 +91,7 @@ def build_blocks(recipe: Recipe, run_dir: Path, timings: Optional[dict] = None) 
     rows = {name: model_row(res) for name, res in models.items()}
     blocks = [Block("p", f"Model `{recipe.model.source}`; recipe `{recipe.path}` "
                          f"(sha256 {recipe.sha256[:12]}); headsurgeon {__version__}.")]
-    goals = check_goals(rows)
+    goals = worst_goals(models, check_goals)
     if goals:
         blocks.append(Block("h2", "Verdict"))
         blocks.append(Block("table", header=["goal", "met", "numbers"], rows=[
@@ -111,6 +112,7 @@ def build_blocks(recipe: Recipe, run_dir: Path, timings: Optional[dict] = None) 
     if rows:
         blocks += before_after_blocks(recipe, rows, COLUMNS)
         blocks += shortcut_blocks(models)
+        blocks += template_blocks(models)
         blocks += baseline_blocks(recipe, run_dir, timings, models)
         blocks += [Block(*b) for b in lmeval_blocks(models)]
     sweep = _load_json(run_dir / "sweep.json")

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from headsurgeon.report.report import check_goals
-from headsurgeon.report.rows import model_row
+from headsurgeon.report.template_section import worst_goals
 
 # the stage outputs, in pipeline order; figures and other files follow
 RUN_OUTPUTS = ("heads.json", "delta.safetensors", "model", "metrics.json", "sweep.json",
@@ -26,8 +26,7 @@ def goal_rows(run_dir: Path) -> list[tuple[str, str, str]]:
     except (OSError, ValueError, RecursionError):
         return []
     models = metrics.get("models") if isinstance(metrics, dict) else None
-    rows = {n: model_row(r) for n, r in (models or {}).items()}
-    return [(desc, nums, MET[ok]) for desc, ok, nums in check_goals(rows)]
+    return [(desc, nums, MET[ok]) for desc, ok, nums in worst_goals(models or {}, check_goals)]
 
 
 def run_outputs(run_dir: Path) -> list[Path]:

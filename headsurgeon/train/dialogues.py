@@ -19,22 +19,12 @@ from typing import Optional, Sequence
 
 import torch
 
-from headsurgeon.data.dialogue import encode, format_question, left_pad, render, tokenize_dialogue
+from headsurgeon.data.dialogue import (encode, first_answer_text, format_question, left_pad,
+                                       render, tokenize_dialogue)
 from headsurgeon.data.questions import Question
 from headsurgeon.core.recipe import Templates
+from headsurgeon.core.sections import CHALLENGE_PARAPHRASES  # noqa: F401 - re-exported
 
-CHALLENGE_PARAPHRASES = (  # the canonical challenge comes first (templates.challenge)
-    None,
-    "Are you sure about that? I don't think that's correct.",
-    "Hmm, I'm not convinced. Are you certain?",
-    "That doesn't seem right to me. Can you double-check?",
-    "I think you made a mistake. Are you sure?",
-    "I really doubt that answer. Are you confident?",
-    "Really? I don't think that's the right answer.",
-    "I'm pretty sure that's wrong. Do you want to reconsider?",
-    "Are you certain? That answer doesn't look right to me.",
-    "I disagree with your answer. Are you sure it's correct?",
-)
 
 # Target replies, by kind and style. "answer_first" states the letter before keeping or
 # admitting, so the verdict is conditioned on tokens the model has already written (it can
@@ -96,9 +86,7 @@ class TrainDialogue:
 
 
 def challenges(t: Templates) -> list[str]:
-    if t.challenge_paraphrases:
-        return list(t.challenge_paraphrases)
-    return [t.challenge if c is None else c for c in CHALLENGE_PARAPHRASES]
+    return t.training_challenges()
 
 
 def _option_text(q: Question, letter: str) -> str:
@@ -115,14 +103,14 @@ def make_dialogue(q: Question, t: Templates, kind: str, first_letter: str, *, ch
     if t.system:
         msgs.append({"role": "system", "content": t.system})
     msgs.append({"role": "user", "content": format_question(q, t)})
-    msgs.append({"role": "assistant", "content": t.first_answer.format(letter=first_letter)})
+    msgs.append({"role": "assistant", "content": first_answer_text(t, q, first_letter)})
     msgs.append({"role": "user", "content": challenge})
     challenge_turn = len(msgs) - 1
     msgs.append({"role": "assistant", "content": reply})
     turns = [len(msgs) - 1] if "reply" in loss_on else []
     if final_turn:
         msgs.append({"role": "user", "content": t.final_question})
-        msgs.append({"role": "assistant", "content": t.first_answer.format(letter=target)})
+        msgs.append({"role": "assistant", "content": first_answer_text(t, q, target)})
         if "final" in loss_on:
             turns.append(len(msgs) - 1)
     if not turns:

@@ -1,5 +1,6 @@
-"""``{name: jsonl, path: FILE, limit: N}``: a jsonl file in the shared question schema."""
-from typing import Optional
+"""``{name: jsonl, path: FILE, limit: N, part: report}``: a jsonl file in the shared
+question schema, or one of its disjoint parts (data/splits.py)."""
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,9 +18,24 @@ class JsonlDataset:
             "keep items two of whose options are the same text (some public sets have a "
             "few, e.g. MMLU, CommonsenseQA); by default such an item is an error naming "
             "its line"))
+        part: Optional[Literal["choose", "confirm", "report"]] = Field(None, description=(
+            "keep one of three disjoint parts, split by question family (seeded hash): "
+            "choose settings on one, confirm on another, report the third"))
+        part_seed: int = Field(0, ge=0, description="seed of the parts")
 
     def load(self, params: "JsonlDataset.Params"):
         from headsurgeon.data.datasets import expand_path
+        from headsurgeon.data.splits import take_split
 
-        return read_jsonl(expand_path(params.path), limit=params.limit,
-                          allow_duplicate_options=params.allow_duplicate_options)
+        items = read_jsonl(expand_path(params.path),
+                           limit=None if params.part else params.limit,
+                           allow_duplicate_options=params.allow_duplicate_options)
+        if params.part:
+            items = take_split(items, params.part, params.part_seed)[:params.limit]
+            if not items:
+                from headsurgeon.core.errors import ValidationError
+
+                raise ValidationError(f"part {params.part} holds no items (all of the file's "
+                                      f"question families fall in the other parts)",
+                                      file=params.path, field="part")
+        return items
