@@ -10,6 +10,13 @@ VALIDATOR_NOTES = {
     "Templates._has_fields": "must contain `{question}` and `{options}`",
     "Templates._has_letter": "must contain `{letter}`",
     "Templates._has_answer": "must contain `{answer}`",
+    "HeldOutTemplate._has_fields": "must contain `{question}` and `{options}`",
+    "HeldOutTemplate._has_letter": "must contain `{letter}`",
+    "HeldOutTemplate._has_answer": "must contain `{answer}`",
+    "EvalSection._named_templates": "a name is a built-in rendering (exam, tutor, casual); "
+                                    "each must be unseen: no challenge training draws from, "
+                                    "not the recipe's question and option layout, names "
+                                    "unique",
     "NdifSection._http": "starts with `http://` or `https://`",
     "LocateSection._positive": "`auto` or an integer >= 1 (validate: at most the model's heads)",
     "LocateSection._non_negative": "`auto` (3 x K) or an integer >= 0",

@@ -34,6 +34,8 @@ def test_a_family_is_never_cut():
     assert len(where) == 9 and all(len(s) == 1 for s in where.values())
     assert family_of(_q(1)) == "item:set/x|q1"          # no family: the item alone
     assert family_of(_q(1, family="law")) == "set/x|law"
+    coarse = Question("t1", "Q?", ("a", "b"), "A", source="otqa", extras={"category": "general"})
+    assert family_of(coarse) == "item:otqa|t1"          # a category is not a family
 
 
 def test_an_unknown_part_is_refused():

@@ -121,3 +121,33 @@ locate: {{method: attribution, n_probes: 4, top_k: 1, k_max: 2, knockout_random_
         assert all(a is None or 0 <= a <= 1 for a in aucs)
     n_known = sk["n_known"]
     assert (sk["best"]["known"] is None) == (n_known < 10)
+    # known = letter-invariant: the right option text under all 4 rotations of its options
+    from headsurgeon.data.datasets import load_stage
+    from headsurgeon.model.letter_invariant import invariant_beliefs, invariant_known
+    from headsurgeon.model.sources import load_model
+
+    recipe = load_recipe(rpath)
+    model, tok, _ = load_model(recipe.model.source)
+    qs = load_stage(recipe.data.locate, "locate", seed=0, mc_only=True, balance=True)[:24]
+    beliefs = invariant_beliefs(model, tok, qs, recipe.templates,
+                                readings=("letter", "choice_text"), permutations=4)
+    assert sk["permutations"] == 4 and sk["permutation_share"] == 1.0
+    assert n_known == len(invariant_known(beliefs, "either"))
+    best = sk["best"]["known"]
+    assert sk["reachable"] == (None if best is None else best["auc"] >= 0.6)
+
+
+def test_an_unreachable_ceiling_is_said_in_the_report_and_the_verdict(tmp_path):
+    import json
+
+    from headsurgeon.report.report import ceiling_text
+    from headsurgeon.report.verdict import format_verdict
+
+    sk = {"available": True, "n_known": 31, "reachable": False,
+          "best": {"known": {"auc": 0.55, "layer": 12}, "unknown": None}}
+    text = ceiling_text({"self_knowledge": sk})
+    assert "AUC 0.550 on 31 known items (layer 12" in text and "out of reach" in text
+    assert ceiling_text({"self_knowledge": {**sk, "reachable": True}}) == ""
+    assert ceiling_text({}) == ""
+    (tmp_path / "heads.json").write_text(json.dumps({"self_knowledge": sk}))
+    assert "Selectivity of 0.5 is out of reach for this model" in format_verdict(tmp_path)

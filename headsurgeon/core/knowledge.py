@@ -65,6 +65,8 @@ class SelfKnowledge(_Strict):
         "data.locate items probed, each twice (right and wrong prefilled); 0: off"))
     by: BeliefReading = Field("letter", description="known items: " + _READINGS)
     margin: float = Field(0.0, ge=0, le=100, description="belief margin for known items")
+    permutations: int = Field(4, ge=1, le=26, description=_PERMUTATIONS)
+    permutation_share: float = Field(1.0, gt=0, le=1, description=_SHARE)
     folds: int = Field(5, ge=2, le=20, description="cross-validation folds (item pairs "
                                                    "stay in one fold)")
     l2: float = Field(1.0, gt=0, le=1e6, description="ridge penalty of the logistic probe")

@@ -22,9 +22,10 @@ SPLITS = ("choose", "confirm", "report")
 
 
 def family_of(q: Question) -> str:
-    """The item's source and family (``family``, ``subject`` or ``category`` extra), else
-    the item alone."""
-    fam = next((str(q.extras[k]) for k in ("family", "subject", "category")
+    """The item's source and family (``family`` or ``subject`` extra), else the item alone.
+    A ``category`` is not a family: OpenTriviaQA's has two values for 2,074 independent
+    items, which would make two clusters of them."""
+    fam = next((str(q.extras[k]) for k in ("family", "subject")
                 if q.extras.get(k) not in (None, "")), "")
     if fam:
         return f"{q.source}|{fam}" if q.source else fam

@@ -118,6 +118,12 @@ def probe(model, tokenizer, questions: Sequence[Question], templates, known: set
     return out
 
 
+# Below this cross-validated AUC on known items the model's own states barely tell a right
+# prefilled answer from a wrong one: a selective edit has nothing to read, and a point
+# that looks selective is a shortcut (the report says so instead of shipping it).
+CEILING_AUC = 0.6
+
+
 def self_knowledge_doc(recipe, engine, tokenizer, *, progress: bool = False) -> dict:
     """heads.json's ``self_knowledge`` entry (``{"available": false, "why": ...}`` when
     off or not measurable here)."""
@@ -129,14 +135,19 @@ def self_knowledge_doc(recipe, engine, tokenizer, *, progress: bool = False) -> 
     if recipe.locate.remote or not isinstance(model, torch.nn.Module):
         return {"available": False, "why": "needs the model's weights locally"}
     from headsurgeon.data.datasets import load_stage
-    from headsurgeon.model.beliefs import base_beliefs, known_ids
+    from headsurgeon.model.letter_invariant import invariant_beliefs, invariant_known
 
     qs = load_stage(recipe.data.locate, "locate", seed=recipe.data.seed, mc_only=True,
                     balance=recipe.data.balance_letters)[:sec.n_items]
     readings = ("letter",) if sec.by == "letter" else ("letter", "choice_text")
-    beliefs = base_beliefs(model, tokenizer, qs, recipe.templates, readings=readings,
-                           progress=progress)
-    known = known_ids(beliefs, sec.by, sec.margin)
+    beliefs = invariant_beliefs(model, tokenizer, qs, recipe.templates, readings=readings,
+                                permutations=sec.permutations,
+                                batch_size=recipe.locate.batch_size, progress=progress)
+    known = invariant_known(beliefs, sec.by, sec.margin, sec.permutation_share)
     res = probe(model, tokenizer, qs, recipe.templates, known, folds=sec.folds, l2=sec.l2,
                 seed=recipe.locate.seed, batch_size=recipe.locate.batch_size)
-    return {"available": True, "known_by": sec.by, "margin": sec.margin, **res}
+    best = (res.get("best") or {}).get("known") or {}
+    auc = best.get("auc")
+    return {"available": True, "known_by": sec.by, "margin": sec.margin,
+            "permutations": sec.permutations, "permutation_share": sec.permutation_share,
+            **res, "reachable": None if auc is None else auc >= CEILING_AUC}

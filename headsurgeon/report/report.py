@@ -100,6 +100,8 @@ def build_blocks(recipe: Recipe, run_dir: Path, timings: Optional[dict] = None) 
         blocks.append(Block("p", "All goals met." if not missed else
                             "Missed: " + "; ".join(missed) + ". The numbers above are what "
                             "was measured; see the trade-off section."))
+        if ceiling_text(heads):
+            blocks.append(Block("p", ceiling_text(heads)))
         d_base, d_spt = (rows.get(n, {}).get("discrimination") for n in ("base", "spt"))
         if missed and d_spt is not None and d_base is not None:
             blocks.append(Block("p", (
@@ -143,6 +145,22 @@ def build_blocks(recipe: Recipe, run_dir: Path, timings: Optional[dict] = None) 
         blocks.append(Block("table", header=["stage", "wall-clock seconds"],
                             rows=[[k, _fmt(v, 1)] for k, v in t.items()]))
     return blocks
+
+
+def ceiling_text(heads: dict) -> str:
+    """What the self-knowledge probe allows, where it says selectivity is out of reach
+    (locate/self_knowledge.py: CV AUC on known items below 0.6); else ""."""
+    sk = heads.get("self_knowledge") or {}
+    if sk.get("reachable") is not False:
+        return ""
+    best = (sk.get("best") or {}).get("known") or {}
+    return (f"Ceiling: a linear probe of the base model's own states tells a right prefilled "
+            f"answer from a wrong one with AUC {_fmt(best.get('auc'))} on "
+            f"{sk.get('n_known')} known items (layer {best.get('layer', '–')}; 0.5 = no "
+            f"signal, below 0.6 = out of reach). Selectivity of 0.5 is out of reach for this "
+            f"model: there is almost nothing in it for a few heads to read, and an edit that "
+            f"looks selective here has found a shortcut (see the letters and the renderings "
+            f"below), not the model's knowledge.")
 
 
 def _dialogue_text(ex: dict) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from headsurgeon.report.report import check_goals
+from headsurgeon.report.report import ceiling_text, check_goals
 from headsurgeon.report.template_section import worst_goals
 
 # the stage outputs, in pipeline order; figures and other files follow
@@ -56,6 +56,12 @@ def format_verdict(run_dir: Path) -> str:
         lines.append(f"  {sum(r[2] == MET[True] for r in rows)} of {len(rows)} goals met")
     else:
         lines.append("  no goals measured (no SPT metrics in metrics.json)")
+    try:
+        heads = json.loads((Path(run_dir) / "heads.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        heads = {}
+    if isinstance(heads, dict) and ceiling_text(heads):
+        lines.append("  " + ceiling_text(heads))
     lines.append(f"wrote ({run_dir}):")
     lines += [f"  {p}{'/' if p.is_dir() else ''}" for p in run_outputs(run_dir)]
     return "\n".join(lines)
