@@ -104,3 +104,33 @@ def test_rounding_report_counts_exactly(bf16_llama):
     value[0, :5] = 0
     assert "warning" not in rounding_report(bf16_llama, [DeltaSlice(name, 0, 0, 1, "q", [],
                                                                     value)])
+
+
+def test_full_sft_of_a_model_loaded_in_bfloat16_keeps_float32_master_weights(tmp_path):
+    """model.dtype bfloat16 (fast on CPUs with AMX) with a float32 checkpoint: full SFT's
+    AdamW steps are often smaller than a bfloat16 weight's rounding step; they are kept
+    in float32 masters (not rounded away), ship in the float32 checkpoint, and the model
+    returns to bfloat16 after training so it is evaluated as the base is."""
+    fp32 = build_tiny("llama", tmp_path / "fp32")
+    recipe = tiny_recipe(tmp_path, fp32, "dtype: bfloat16, device: cpu", steps=2, lr=1e-4,
+                         extra_train="objective: full_sft\ndtype: bfloat16")
+    res = train_in_memory(recipe, progress=False)
+    assert {p.dtype for p in res.model.parameters()} == {torch.bfloat16}
+    small = total = 0
+    for s in res.trainable.delta_slices():
+        base = res.trainable.base_copy[s.param].float()
+        ulp = torch.exp2(torch.floor(torch.log2(base.abs().clamp_min(1e-30))) - 7)
+        d = s.value
+        assert d.dtype == torch.float32
+        small += int(((d != 0) & (d.abs() < ulp / 4)).sum())
+        total += int((d != 0).sum())
+    # a bfloat16 weight moves by a rounding step or not at all; masters move by less
+    assert total > 0 and small > total // 10, (small, total)
+    delta = write_outputs(res, tmp_path / "delta.safetensors")
+    apply_delta(fp32, delta, tmp_path / "model", progress=False)
+    from transformers import AutoModelForCausalLM
+
+    shipped = AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(fp32, dtype=torch.float32)
+    moved = sum(int((w != base.state_dict()[n]).sum()) for n, w in shipped.state_dict().items())
+    assert moved >= total // 2

@@ -37,6 +37,19 @@ def test_auto_is_the_accelerator_when_present_else_cpu():
     assert resolve(section(device="cpu"), accelerators=ONE_GPU).device == "cpu"
 
 
+def test_half_precision_on_a_cpu_says_when_it_is_slow():
+    amx = Accelerators()  # cpu_bf16: AVX512-BF16 or AMX
+    plain = Accelerators(cpu_bf16=False)
+    assert resolve(section(dtype="bfloat16"), accelerators=amx).notes == ()
+    slow = resolve(section(dtype="bfloat16"), accelerators=plain)
+    assert slow.dtype == "bfloat16" and len(slow.notes) == 1
+    assert "runs slower than float32" in slow.notes[0] and "AMX" in slow.notes[0]
+    assert "slower" in resolve(section(dtype="float16", device="cpu"), accelerators=amx).notes[0]
+    assert resolve(section(dtype="float32"), accelerators=plain).notes == ()
+    assert resolve(section(dtype="bfloat16"), accelerators=Accelerators(
+        n_cuda=1, cpu_bf16=False, free=(80 << 30,))).notes == ()  # a GPU does the work
+
+
 def test_each_launched_process_gets_its_own_gpu(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert resolve(section(), accelerators=TWO_GPUS).device == "cuda:1"

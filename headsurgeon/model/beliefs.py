@@ -101,7 +101,7 @@ def base_beliefs(model, tokenizer, questions: Sequence[Question], t, *,
         rows = KVRows(model, pad)
         base = [encode(tokenizer, render(tokenizer, _prompt(tokenizer, q, t), prefix))
                 for q in chunk]
-        lp = rows.advance(base)
+        lp = rows.prefill(base)
         letters = []
         for r, q in enumerate(chunk):
             ids = letter_token_ids(tokenizer, q.letters)

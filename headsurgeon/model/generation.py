@@ -123,17 +123,18 @@ def next_token_logprobs(model, tokenizer, prompts: Sequence[str], token_ids: Seq
                         batch_size: int = 16, desc: str | None = None, progress: bool = True
                         ) -> torch.Tensor:
     """``[len(prompts), len(token_ids)]`` log-probabilities (over the full vocabulary) of
-    each of ``token_ids`` as the next token after each prompt. One forward, no generation."""
+    each of ``token_ids`` as the next token after each prompt. One forward a batch, no
+    generation; the prefix a batch's prompts share (chat template, system prompt) is
+    computed once (:meth:`headsurgeon.model.kvrows.KVRows.prefill`)."""
+    from headsurgeon.model.kvrows import KVRows
+
     seqs = [encode(tokenizer, p) for p in prompts]
     out = torch.empty(len(prompts), len(token_ids))
     index = torch.tensor(list(token_ids), dtype=torch.long)
-    pid, dev = pad_id(tokenizer), _device(model)
+    pid = pad_id(tokenizer)
 
     def run(chunk):
-        batch = left_pad([seqs[i] for i in chunk], pid)
-        logits = _forward(model, batch.input_ids.to(dev), batch.attention_mask.to(dev), keep=1)
-        logp = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()
-        out[chunk] = logp[:, index]
+        out[chunk] = KVRows(model, pid).prefill([seqs[i] for i in chunk])[:, index]
 
     _batches(seqs, batch_size, desc, progress, run)
     return out

@@ -45,6 +45,27 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+MIN_SHARED = 4  # tokens a prefix must hold to be fed once for several rows
+
+
+def shared_runs(targets: Sequence[Sequence[int]], after: int, least: int
+                ) -> list[tuple[int, int, int]]:
+    """Runs of consecutive targets sharing more than ``least`` tokens past ``after``:
+    ``(first, end, depth)``, ``depth`` the run's common prefix length (``after`` for a
+    single target, which shares nothing more)."""
+    runs, i = [], 0
+    while i < len(targets):
+        depth, j = len(targets[i]), i + 1
+        while j < len(targets):
+            d = min(depth, common_prefix(targets[i], targets[j]))
+            if d - after < least:
+                break
+            depth, j = d, j + 1
+        runs.append((i, j, depth if j > i + 1 else after))
+        i = j
+    return runs
+
+
 class KVRows:
     def __init__(self, model, pad_id: int, *, reuse: Optional[bool] = None,
                  in_place: bool = True):
@@ -82,6 +103,43 @@ class KVRows:
         self.mask = self.mask.repeat_interleave(n, 0)
         self.toks = [list(t) for t in self.toks for _ in range(n)]
         self.slots = [list(s) for s in self.slots for _ in range(n)]
+
+    def expand(self, index: Sequence[int]) -> None:
+        """Row ``i`` becomes a copy of old row ``index[i]`` (rows may repeat)."""
+        with torch.inference_mode():
+            self.cache.batch_select_indices(torch.tensor(list(index), dtype=torch.long,
+                                                         device=self.device))
+        self.mask = self.mask[list(index)]
+        self.toks = [list(self.toks[i]) for i in index]
+        self.slots = [list(self.slots[i]) for i in index]
+
+    def prefill(self, targets: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Fresh rows read ``targets`` computing each shared prefix once: the prefix every
+        target shares (a chat template, a system prompt), then the one each run of
+        consecutive targets shares (an item's rotations share its question), then the
+        rest. Returns ``[R, V]`` next-token log-probabilities, as :meth:`advance`."""
+        if self.toks:
+            raise ValueError("prefill starts fresh rows")
+        if any(not t for t in targets):
+            raise ValueError("empty target sequence")
+        cap = min(len(t) for t in targets) - 1  # every row feeds at least its last token
+        shared = min(cap, min(common_prefix(targets[0], t) for t in targets))
+        shared = shared if shared >= MIN_SHARED else 0
+        runs = shared_runs(targets, shared, MIN_SHARED)
+        if not self.reuse or (not shared and len(runs) == len(targets)):
+            return self.advance(targets)
+        if shared:
+            self.feed([list(targets[0][:shared])])
+            self.expand([0] * len(runs))
+        else:
+            self.toks, self.slots = [[] for _ in runs], [[] for _ in runs]
+        deeper = [list(targets[first][shared:min([depth] + [len(targets[k]) - 1
+                                                            for k in range(first, end)])])
+                  for first, end, depth in runs]
+        if any(deeper):
+            self.feed(deeper)
+        self.expand([g for g, (first, end, _) in enumerate(runs) for _ in range(first, end)])
+        return self.feed([list(t[len(self.toks[r]):]) for r, t in enumerate(targets)])[:, -1]
 
     def rewind(self, row: int, n_tokens: int) -> None:
         """Forget all but the first ``n_tokens`` tokens of ``row``."""

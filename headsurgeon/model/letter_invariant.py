@@ -26,7 +26,7 @@ def variants(questions: Sequence[Question], permutations: int) -> list[Question]
 
 
 def invariant_beliefs(model, tokenizer, questions: Sequence[Question], t, *,
-                      readings: Sequence[str], permutations: int, batch_size: int = 8,
+                      readings: Sequence[str], permutations: int, batch_size: int = 16,
                       progress: bool = False) -> dict[str, Belief]:
     """The base's :class:`Belief` on every rotation of every item (``permutations`` x the
     cost of one reading)."""

@@ -228,20 +228,36 @@ def slice_trainable(model: nn.Module, hm: HeadMap, heads, kv: str, *, rank: int 
 
 
 class FullTrainable(Trainable):
-    """Every parameter trains in place (the full-SFT baseline); the delta is whole tensors."""
+    """Every parameter trains in place (the full-SFT baseline); the delta is whole tensors.
+
+    A model loaded in a half dtype trains in float32 (master weights; ``train.dtype``
+    bfloat16 keeps the matmuls in bfloat16): an AdamW step at a full-SFT learning rate
+    (~3e-5) is below a bfloat16 weight's rounding step and would mostly be lost. The
+    model returns to its dtype when training ends, so it is evaluated as the others are."""
 
     def __init__(self, model: nn.Module, checkpoint_names: Optional[set] = None):
         named = []
         self.base_copy: dict[str, torch.Tensor] = {}
         self.final: dict[str, torch.Tensor] = {}  # deltas frozen by finish()
+        self.loaded_dtype = next((p.dtype for p in model.parameters()
+                                  if p.dtype in (torch.bfloat16, torch.float16)), None)
+        for name, p in model.named_parameters():
+            if checkpoint_names is None or name in checkpoint_names:
+                self.base_copy[name] = p.detach().clone()  # in the loaded dtype
+        if self.loaded_dtype is not None:
+            model.float()
         for name, p in model.named_parameters():
             if checkpoint_names is not None and name not in checkpoint_names:
                 p.requires_grad_(False)
                 continue
             p.requires_grad_(True)
             named.append((name, p))
-            self.base_copy[name] = p.detach().clone()
         super().__init__(model, named, [], [], "")
+
+    def _restore_dtype(self) -> None:
+        if self.loaded_dtype is not None:
+            self.model.to(self.loaded_dtype)
+            self.named = [(n, p) for n, p in self.model.named_parameters() if n in self.base_copy]
 
     def _delta(self, name: str, p: torch.Tensor) -> torch.Tensor:
         if name in self.final:
@@ -262,7 +278,9 @@ class FullTrainable(Trainable):
                 d = self._delta(name, p).clone()
                 self.final[name] = d
                 merged = self.base_copy[name].to(torch.float32) + d
-                p.copy_(merged.to(stored.get(name, p.dtype)).to(p.dtype))
+                ship = stored.get(name, self.base_copy[name].dtype)
+                p.copy_(merged.to(ship).to(p.dtype))
+        self._restore_dtype()
 
     @contextlib.contextmanager
     def base(self) -> Iterator[None]:
@@ -282,4 +300,5 @@ class FullTrainable(Trainable):
             for n, p in self.named:
                 p.copy_(self.base_copy[n])
                 p.requires_grad_(False)
+        self._restore_dtype()
         return self.model
