@@ -215,3 +215,18 @@ def test_every_locator_and_metric_plugin_honours_the_contract():
         logits = torch.randn(2, 10)
         ids, w = torch.tensor([[1, 2], [3, 4]]), torch.tensor([[1.0, -1.0], [1.0, -1.0]])
         assert m.compute(logits, ids, w).shape == (2,)
+
+
+def test_a_short_confirmation_is_warned_about_but_no_confirmation_is_not():
+    from types import SimpleNamespace
+
+    from headsurgeon.locate.run import _warnings
+
+    def result(confirmed):
+        return SimpleNamespace(notes={"screen": "attribution", "exact": False,
+                                      "confirmed": confirmed})
+
+    assert _warnings(None, result(0), 8) == []          # locate.confirm_top: 0
+    assert _warnings(None, result(24), 8) == []         # 3 x K confirmed
+    (line,) = _warnings(None, result(5), 8)
+    assert line.startswith("only 5 heads were confirmed") and "3 x K = 24" in line

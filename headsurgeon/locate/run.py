@@ -348,7 +348,7 @@ def _warnings(knockout_warning, result, K: int) -> list[str]:
     out = [knockout_warning] if knockout_warning else []
     n = result.notes.get("confirmed")
     partial = result.notes.get("screen") and not result.notes.get("exact")
-    if partial and n is not None and n < 3 * K:
+    if partial and n and n < 3 * K:  # n == 0: confirmation was turned off (confirm_top: 0)
         out.append(f"only {n} heads were confirmed by exact patching, fewer than 3 x K = "
                    f"{3 * K} (locate.confirm_top); the ranking past them is the screen's")
     return out

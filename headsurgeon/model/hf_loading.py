@@ -40,7 +40,20 @@ def from_pretrained(cls, where, *, source=None, allow_unexpected: bool = False, 
             more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
             raise CheckpointError(f"tensor {keys[0]}{more} {what}",
                                   file=str(source if source is not None else where))
+    contiguous_head_input(model)
     return model
+
+
+def contiguous_head_input(model) -> None:
+    """The LM head gets its input contiguous. Training reads logits at a few positions
+    (``logits_to_keep``), a strided slice of the hidden states that requires grad; torch's
+    matmul then does not fold it into one matrix product but expands the head's weight
+    over the batch and copies it (4 x 151,936 x 896 on Qwen2.5: 55% of an SPT step's
+    time). A contiguous input folds; for an input already contiguous this is a no-op."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None:
+        head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(),
+                                                              *args[1:]))
 
 
 @contextlib.contextmanager
