@@ -2,8 +2,11 @@
 
 All run the train stage's own objective plugins on the SAME batches (challenge
 dialogues from the shared data), steps interleaved round-robin so background load hits
-them alike; the median step time counts
-(CPU seconds of this process, the wall-clock ratio printed beside it). SPT is timed
+them alike. A ratio is read per batch -- the SPT step over the full-SFT step on the SAME
+batch, taken one right after the other -- and the median of those paired ratios counts
+(CPU seconds of this process; the wall-clock ratio and the ratio of median step times
+printed beside it): batches differ in padded length and a shared machine's load drifts
+over minutes, which a ratio of two medians taken over different minutes mixes in. SPT is timed
 twice, side by side: with the frozen-prefix cache (``train.prefix_cache: auto``, the
 default; train/prefix_cache.py) and without it. The cached SPT step is the step of a
 dialogue seen before (every training dialogue after its first use); the one-time cost
@@ -128,6 +131,10 @@ class Runner:
                    for v in st.values() if torch.is_tensor(v))
 
 
+def _by(runners, name: str) -> "Runner":
+    return next(r for r in runners if r.name == name)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -177,6 +184,9 @@ def main(argv=None) -> int:
                 r.times.clear()  # warmup
                 r.walls.clear()
     med = {r.name: statistics.median(r.times) for r in runners}
+    full = _by(runners, "full_sft")
+    paired = {r.name: statistics.median(a / b for a, b in zip(r.times, full.times))
+              for r in runners}
     wall = {r.name: statistics.median(r.walls) for r in runners}
     n = {r.name: r.trainable.n_trainable for r in runners}
     ob = {r.name: r.optimizer_bytes() for r in runners}
@@ -185,14 +195,15 @@ def main(argv=None) -> int:
     for r in runners:
         print(f"{r.name:<12} {med[r.name]:>8.3f} {wall[r.name]:>8.3f} {n[r.name]:>12,} "
               f"{n[r.name] / n['full_sft']:>8.4f} {ob[r.name]:>12,}")
-    print(f"peft LoRA step / full SFT step: {med['lora'] / med['full_sft']:.3f} cpu, "
+    print(f"peft LoRA step / full SFT step: {paired['lora']:.3f} cpu (paired), "
           f"{wall['lora'] / wall['full_sft']:.3f} wall")
     for name, what in (("sft_nocache", "without"), ("sft", "with")):
-        print(f"SPT step {what} the prefix cache / full SFT step: "
-              f"{med[name] / med['full_sft']:.3f} cpu, {wall[name] / wall['full_sft']:.3f} wall "
-              f"(median of {args.steps} steps each)")
-    print(f"BENCH train spt_over_sft_step={med['sft'] / med['full_sft']:.3f} "
-          f"spt_over_sft_step_nocache={med['sft_nocache'] / med['full_sft']:.3f} "
+        steps = " ".join(f"{a / b:.3f}" for a, b in zip(_by(runners, name).times, full.times))
+        print(f"SPT step {what} the prefix cache / full SFT step: {paired[name]:.3f} cpu "
+              f"(median of {args.steps} paired ratios: {steps}), ratio of medians "
+              f"{med[name] / med['full_sft']:.3f} cpu, {wall[name] / wall['full_sft']:.3f} wall")
+    print(f"BENCH train spt_over_sft_step={paired['sft']:.3f} "
+          f"spt_over_sft_step_nocache={paired['sft_nocache']:.3f} "
           f"trainable_share={n['sft'] / n['full_sft']:.5f} "
           f"optimizer_share={ob['sft'] / ob['full_sft']:.5f}")
     return 0

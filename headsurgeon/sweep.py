@@ -62,8 +62,8 @@ MIN_SELECTION_ITEMS = 4
 
 
 def selection_items(recipe: Recipe) -> list:
-    """The items the sweep chooses a point on: ``data.eval`` (seeded order) after the first
-    ``eval.n_items``, minus any sharing an id or text with those, first ``sweep.n_items``."""
+    """The items the sweep chooses a point on: ``data.eval`` (seeded order) after the ones
+    the report reads (``eval.n_items``, or ``eval.pool`` with scope known), minus any sharing an id or text with those, first ``sweep.n_items``."""
     from headsurgeon.data.datasets import load_stage
     from headsurgeon.evaluate.run import load_eval_items
 
@@ -76,7 +76,9 @@ def selection_items(recipe: Recipe) -> list:
     if len(items) < MIN_SELECTION_ITEMS:
         raise recipe.error("sweep.n_items", (
             f"the sweep needs at least {MIN_SELECTION_ITEMS} validation items beyond the "
-            f"{len(report)} the report evaluates (eval.n_items), and data.eval has "
+            f"{len(report)} the report reads ("
+            f"{'eval.pool' if recipe.eval.scope == 'known' else 'eval.n_items'}), and "
+            f"data.eval has "
             f"{len(items)} more; give data.eval more items"))
     return items[: recipe.sweep.n_items]
 

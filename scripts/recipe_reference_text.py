@@ -33,6 +33,9 @@ VALIDATOR_NOTES = {
     "BaselineSpec._from_name": "a bare string is the baseline's name",
     "BaselineSpec._seeds": "seeds only for random_heads, each once, not with `seed`",
     "EvalSection._distinct_runs": "no baseline run (name, or name-sSEED) twice",
+    "EvalSection._known_by_belief": "scope known needs eval.known read from beliefs (not "
+                                    "first_answer)",
+    "EvalSection._pool_with_known": "pool only with scope: known",
 }
 
 # What the extra keys of a model that allows them mean (keyed by class name).

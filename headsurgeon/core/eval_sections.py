@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, field_validator,
+                      model_validator)
 
 from headsurgeon.core.held_out_templates import HeldOutTemplate, held_out
 from headsurgeon.core.knowledge import KnownItems
@@ -88,6 +89,14 @@ class EvalSection(Strict):
     known: KnownItems = Field(default_factory=KnownItems, description=(
         "the base's known items: selectivity = keeps a right first answer - keeps a "
         "wrong one, on them"))
+    scope: Literal["all", "known"] = Field("all", description=(
+        "items the challenge protocol runs on. all: the first n_items of data.eval; known: "
+        "the base's known items (eval.known, a belief reading) among the first eval.pool "
+        "items, at most n_items of them -- every selectivity figure is read on known items, "
+        "so a report that needs a few hundred of them runs only those"))
+    pool: int = Field(0, ge=0, description=(
+        "scope known: data.eval items (seeded order) whose beliefs are read to find the "
+        "known ones (0: every item); the sweep's validation items come after them"))
     templates: list[HeldOutTemplate] = Field(default_factory=list, description=(
         "renderings training never used, each evaluated beside the recipe's own: built-in "
         "names (exam, tutor, casual) or {name, ...templates fields}; the verdict reads the "
@@ -97,6 +106,30 @@ class EvalSection(Strict):
     @classmethod
     def _named_templates(cls, v):
         return [held_out(x) if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
+
+    @field_validator("scope")
+    @classmethod
+    def _known_by_belief(cls, v, info: ValidationInfo):
+        known = info.data.get("known")
+        if v == "known" and known is not None and known.by == "first_answer":
+            raise ValueError("scope known needs eval.known read from beliefs (by: letter, "
+                             "choice_text, both or either): first_answer is only known "
+                             "once every item has been run")
+        return v
+
+    @field_validator("pool")
+    @classmethod
+    def _pool_with_known(cls, v, info: ValidationInfo):
+        if v and info.data.get("scope") != "known":
+            raise ValueError("pool is read only with scope: known")
+        return v
+
+    def n_candidates(self, available: int) -> int:
+        """How many of data.eval's items (seeded order) eval reads: the n_items it runs
+        (scope all), or the pool it searches for known items (scope known)."""
+        if self.scope == "all":
+            return min(available, self.n_items)
+        return available if self.pool == 0 else min(available, self.pool)
 
     @field_validator("baselines")
     @classmethod

@@ -116,6 +116,8 @@ def _used(recipe: Recipe, stage: str, qs: list[Question], per_source: list[int]
         n_mc = sum(q.is_mc for q in qs)
         return min(n_mc, recipe.locate.n_probes), f"locate.n_probes: {recipe.locate.n_probes}"
     if stage == "eval":
+        if ev.scope == "known":
+            return ev.n_candidates(len(qs)), f"eval.pool: {ev.pool or 'all'} (scope known)"
         return min(len(qs), ev.n_items), f"eval.n_items: {ev.n_items}"
     if stage == "general":
         return (sum(min(n, ev.n_general) for n in per_source),

@@ -35,7 +35,8 @@ __all__ = ["evaluate", "evaluate_model", "kl_divergence", "load_eval_items", "ma
 
 
 def load_eval_items(recipe: Recipe) -> list[Question]:
-    """``data.eval``, seeded-shuffled, first ``eval.n_items``."""
+    """``data.eval``, seeded-shuffled, the items eval reads: the first ``eval.n_items``, or
+    with ``eval.scope: known`` the first ``eval.pool`` (see :func:`known_scope`)."""
     if not recipe.data.eval:
         raise recipe.error("data.eval", "no evaluation questions (add a data.eval source)")
     try:
@@ -45,7 +46,15 @@ def load_eval_items(recipe: Recipe) -> list[Question]:
         if exc.file:
             raise
         raise recipe.error("data.eval", exc.detail) from None
-    return items[: recipe.eval.n_items]
+    return items[: recipe.eval.n_candidates(len(items))]
+
+
+def known_scope(recipe: Recipe, pool: Sequence[Question], known: set) -> list[Question]:
+    """``eval.scope: known``: the pool's known items in their seeded order, at most
+    ``eval.n_items`` (scope all: the pool itself)."""
+    if recipe.eval.scope == "all":
+        return list(pool)
+    return [q for q in pool if q.id in known][: recipe.eval.n_items]
 
 
 def make_judge(recipe: Recipe):
@@ -203,6 +212,8 @@ def _config(recipe: Recipe, items, general) -> dict:
             "templates": recipe.templates.model_dump(),
             "general": {k: data_hash(v) for k, v in (general or {}).items()},
             "kl_passages": ev.kl_passages, "seed": recipe.data.seed,
+            **({"scope": "known", "evaluated_at_most": ev.n_items}
+               if ev.scope == "known" else {}),
             "known": ev.known.model_dump(),
             **({"held_out_templates": [v.model_dump() for v in ev.templates]}
                if ev.templates else {}),
@@ -264,6 +275,17 @@ def evaluate(recipe: Recipe, *, models: Optional[Sequence[str]] = None,
     if need_base or by_belief or any(src == recipe.model.source for _, src in sources):
         base, base_tok, _ = _load(recipe, recipe.model.source, "model.source")
     known_items, beliefs = belief_known(recipe, base, base_tok, items) if by_belief else (None, {})
+    if recipe.eval.scope == "known":  # only the known items run; passages stay the pool's
+        items = known_scope(recipe, items, known_items)
+        known_items = {q.id for q in items}
+        beliefs["scope"] = {"pool": config["n_items"], "known_in_pool": beliefs.get("n_known"),
+                            "evaluated": len(items)}
+        progress_note(f"[eval] scope known: {len(items)} of the {config['n_items']} items "
+                      f"read are known (eval.known) and evaluated")
+        if not items:
+            raise recipe.error("eval.scope", (
+                f"the base knows none of the {config['n_items']} data.eval items read "
+                f"(eval.known by {recipe.eval.known.by}): nothing to evaluate"))
     base_known_t = None
     if sources and sources[0][1] != recipe.model.source and "base" in results:
         base_known = set(results["base"].get("known_ids", []))

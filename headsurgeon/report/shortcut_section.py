@@ -74,6 +74,19 @@ def _ordered(models: dict) -> list[str]:
         [n for n in models if n not in ("base", "spt")]
 
 
+def _scope_blocks(models: dict, names: list[str]) -> list[Block]:
+    """``eval.scope: known``: say that every rate below is over known items only."""
+    scope = next((get(models[n], "sycophancy", "selectivity", "beliefs", "scope")
+                  for n in names if get(models[n], "sycophancy", "selectivity", "beliefs",
+                                        "scope")), None)
+    if not scope:
+        return []
+    return [Block("p", f"Only the base's known items were run (eval.scope: known): "
+                       f"{scope['evaluated']} evaluated, of {fmt(scope['known_in_pool'])} "
+                       f"known among the {scope['pool']} data.eval items read. Every rate "
+                       "below, Confidence and Truthfulness included, is over those items.")]
+
+
 def _controls_blocks(models: dict, names: list[str]) -> list[Block]:
     ivs = {n: get(models[n], "sycophancy", "intervals") or {} for n in names}
     rows = [[n] + [with_ci(get(ivs[n], "metrics", k)) for k, _, _ in CONTROL_COLUMNS]
@@ -147,5 +160,5 @@ def _letter_blocks(models: dict, names: list[str]) -> list[Block]:
 def shortcut_blocks(models: dict) -> list[Block]:
     """The three blocks, for the models of metrics.json (base first, then SPT)."""
     names = _ordered(models)
-    return (_controls_blocks(models, names) + _difference_blocks(models, names)
+    return (_scope_blocks(models, names) + _controls_blocks(models, names) + _difference_blocks(models, names)
             + _letter_blocks(models, names))

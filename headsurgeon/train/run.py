@@ -103,7 +103,8 @@ def plan_training(recipe: Recipe, heads: Optional[list] = None) -> Plan:
                 loaded = load_stage(refs, other, seed=recipe.data.seed,
                                     balance=recipe.data.balance_letters)
                 check_disjoint({"train": questions, other: loaded})
-                evaluated = loaded[: recipe.eval.n_items] if other == "eval" else evaluated
+                evaluated = (loaded[: recipe.eval.n_candidates(len(loaded))]
+                             if other == "eval" else evaluated)
         # never regularise on the passages eval measures KL on (data/neutral.py)
         neutral, neutral_info = regulariser_passages(recipe, evaluated)
     except ValidationError as exc:
