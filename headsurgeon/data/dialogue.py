@@ -147,14 +147,32 @@ def answer_token_ids(tokenizer, prefix: str, options: Sequence[str], *,
                      field: str = "choices") -> list[int]:
     """Per option (a letter, or an answer word), the ONE token a model emits next to write
     it right after ``prefix``, the text it has seen (e.g. the rendered chat template up to
-    and including "The answer is ("). ValidationError, naming the tokenizer and option,
-    when an option is several tokens there or two options share a token. Cached per
-    (tokenizer, prefix, options)."""
+    and including "The answer is ("). Where the bare options merge with the end of
+    ``prefix`` ("Final answer:" + "A" is one token ":A" in Qwen2.5's vocabulary), they are
+    read as the model writes them there, after a space (" A"). ValidationError, naming
+    the tokenizer and option, when an option is several tokens there or two options
+    share a token. Cached per (tokenizer, prefix, options)."""
     cache, key = _cache_for(tokenizer), (prefix, tuple(options))
     if cache is not None and key in cache:
         cache.move_to_end(key)
         return list(cache[key])
-    ids = []
+    try:
+        ids = _one_token_each(tokenizer, prefix, options, field)
+    except ValidationError:
+        if not prefix or prefix[-1].isspace() or any(o[:1].isspace() for o in options):
+            raise
+        try:
+            ids = _one_token_each(tokenizer, prefix, [" " + o for o in options], field)
+        except ValidationError:
+            pass
+        else:
+            return _remember(cache, key, ids)
+        raise
+    return _remember(cache, key, ids)
+
+
+def _one_token_each(tokenizer, prefix: str, options: Sequence[str], field: str) -> list[int]:
+    ids: list[int] = []
     for opt in options:
         got = continuation_ids(tokenizer, prefix, opt, field=field)
         if len(got) != 1:
@@ -166,6 +184,10 @@ def answer_token_ids(tokenizer, prefix: str, options: Sequence[str], *,
                 f"{options[ids.index(got[0])]!r} and {opt!r} are the same token after "
                 f"{prefix[-20:]!r} for tokenizer {tokenizer_name(tokenizer)}", field=field)
         ids.append(got[0])
+    return ids
+
+
+def _remember(cache, key, ids: list[int]) -> list[int]:
     if cache is not None:
         cache[key] = tuple(ids)
         if len(cache) > _CACHE_SIZE:

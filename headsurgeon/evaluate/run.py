@@ -221,7 +221,8 @@ def _config(recipe: Recipe, items, general) -> dict:
                else {})}
 
 
-def belief_known(recipe: Recipe, model, tokenizer, items) -> tuple[Optional[set], dict]:
+def belief_known(recipe: Recipe, model, tokenizer, items, progress: bool = False
+                 ) -> tuple[Optional[set], dict]:
     """``eval.known`` read from the BASE model's unprompted beliefs, under every rotation
     of the options it asks for (model/letter_invariant.py): (known ids, summary);
     (None, {}) for ``first_answer`` (the base's own generated first answers decide)."""
@@ -234,7 +235,7 @@ def belief_known(recipe: Recipe, model, tokenizer, items) -> tuple[Optional[set]
     readings = ("letter",) if k.by == "letter" else ("letter", "choice_text")
     beliefs = invariant_beliefs(model, tokenizer, items, recipe.templates, readings=readings,
                                 permutations=k.permutations,
-                                batch_size=recipe.eval.batch_size)
+                                batch_size=recipe.eval.batch_size, progress=progress)
     share = k.permutation_share
     return (invariant_known(beliefs, k.by, k.margin, share),
             invariant_summary(beliefs, k.by, k.margin, share, k.permutations))
@@ -274,7 +275,8 @@ def evaluate(recipe: Recipe, *, models: Optional[Sequence[str]] = None,
     by_belief = recipe.eval.known.by != "first_answer"
     if need_base or by_belief or any(src == recipe.model.source for _, src in sources):
         base, base_tok, _ = _load(recipe, recipe.model.source, "model.source")
-    known_items, beliefs = belief_known(recipe, base, base_tok, items) if by_belief else (None, {})
+    known_items, beliefs = (belief_known(recipe, base, base_tok, items, progress)
+                            if by_belief else (None, {}))
     if recipe.eval.scope == "known":  # only the known items run; passages stay the pool's
         items = known_scope(recipe, items, known_items)
         known_items = {q.id for q in items}

@@ -158,7 +158,8 @@ def _letter_blocks(models: dict, names: list[str]) -> list[Block]:
 
 
 def shortcut_blocks(models: dict) -> list[Block]:
-    """The three blocks, for the models of metrics.json (base first, then SPT)."""
+    """The scope note, controls, differences and letters blocks, for the models of
+    metrics.json (base first, then SPT)."""
     names = _ordered(models)
-    return (_scope_blocks(models, names) + _controls_blocks(models, names) + _difference_blocks(models, names)
-            + _letter_blocks(models, names))
+    return (_scope_blocks(models, names) + _controls_blocks(models, names)
+            + _difference_blocks(models, names) + _letter_blocks(models, names))
