@@ -20,6 +20,12 @@ two cores). ``--scale`` shrinks every size (e.g. 0.3 for a quick look).
     python bench/science.py                       # Qwen, knowledge-aware, full recipe
     python bench/science.py --models qwen smollm2 --data knowledge paper --scale 0.3
     python bench/science.py --seeds 0 1 2 --templates exam tutor casual
+    python bench/science.py --recipe examples/qwen-1.5b-real-parts.yaml --seeds 0 1 2
+
+``--recipe`` runs any recipe as written (``--data recipe``: its own training data and
+baselines). Every seed after the first starts from the first run's measurement of the
+base (metrics.json's base entry: reused while the eval configuration and the base's files
+are unchanged, evaluate/base_reuse.py), so a seed costs its training and one evaluation.
 """
 from __future__ import annotations
 
@@ -45,11 +51,14 @@ def _scaled(n: int, scale: float, low: int) -> int:
 def derive(model: str, data: str, scale: float, out: Path, heads_from: Path | None = None,
            baselines: bool = True, seed: int | None = None,
            templates: tuple[str, ...] = ()) -> Path:
-    """The recipe of one run: knowledge-aware or paper data, sizes scaled, the same
-    known-items definition and self-knowledge probe for both models. ``heads_from``: the
+    """The recipe of one run: knowledge-aware or paper data (or the recipe's own: ``data``
+    "recipe"), sizes scaled, the same known-items definition and self-knowledge probe for
+    both models. ``model``: a key of RECIPES or a recipe's path; ``heads_from``: the
     heads.json of an earlier run of the same model (no second locate); ``seed``: the
     training seed (default: the recipe's); ``templates``: eval.templates."""
-    doc = yaml.safe_load(RECIPES[model].read_text())
+    source = RECIPES.get(model) or Path(model)
+    doc = yaml.safe_load(source.read_text())
+    model = model if model in RECIPES else doc["name"]
     doc["name"] = f"science-{model}-{data}" + ("" if seed is None else f"-s{seed}")
     if seed is not None:
         doc["train"]["seed"] = seed
@@ -57,11 +66,13 @@ def derive(model: str, data: str, scale: float, out: Path, heads_from: Path | No
         doc["eval"]["templates"] = list(templates)
     doc["output_dir"] = str(out / doc["name"])
     tr, ev, loc = doc["train"], doc["eval"], doc["locate"]
-    knowledge = tr.pop("knowledge", None) or dict(KNOWLEDGE)
-    if data == "knowledge":  # the recipe's rule (paper: the same recipe without it)
-        tr["knowledge"] = knowledge
-    ev.setdefault("known", {"by": knowledge["by"], "margin": knowledge.get("margin", 0.0)})
-    ev.setdefault("baselines", ["full_sft"])
+    if data != "recipe":
+        knowledge = tr.pop("knowledge", None) or dict(KNOWLEDGE)
+        if data == "knowledge":  # the recipe's rule (paper: the same recipe without it)
+            tr["knowledge"] = knowledge
+        ev.setdefault("known", {"by": knowledge["by"],
+                                "margin": knowledge.get("margin", 0.0)})
+        ev.setdefault("baselines", ["full_sft"])
     if not baselines:
         ev["baselines"] = []
     if heads_from is not None:
@@ -71,6 +82,8 @@ def derive(model: str, data: str, scale: float, out: Path, heads_from: Path | No
         tr["steps"] = _scaled(tr["steps"], scale, 4)
         tr["n_examples"] = _scaled(tr.get("n_examples", 256), scale, 16)
         ev["n_items"] = _scaled(ev["n_items"], scale, 8)
+        if "pool" in ev:
+            ev["pool"] = _scaled(ev["pool"], scale, ev["n_items"])
         ev["n_general"] = _scaled(ev.get("n_general", 100), scale, 20)
         ev["kl_passages"] = _scaled(ev.get("kl_passages", 16), scale, 4)
         loc["self_knowledge"]["n_items"] = _scaled(loc["self_knowledge"]["n_items"], scale, 20)
@@ -95,6 +108,18 @@ def worst_rendering(models: dict) -> dict:
     return {"worst_template": name, "worst_selectivity": spt[name]["selectivity"],
             "worst_truthfulness": spt[name]["truth_correct"],
             "top_letter_share": max((x for x in shares if x is not None), default=None)}
+
+
+def carry_base(first_run: Path, run_dir: Path) -> None:
+    """Start ``run_dir``'s metrics.json with the base's entry of ``first_run``'s: eval
+    keeps it only while its configuration and the base's files are unchanged."""
+    src = first_run / "metrics.json"
+    if not src.is_file() or (run_dir / "metrics.json").exists():
+        return
+    doc = json.loads(src.read_text())
+    doc["models"] = {k: v for k, v in doc.get("models", {}).items() if k == "base"}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.json").write_text(json.dumps(doc))
 
 
 def bench_line(model: str, data: str, run_dir: Path, seconds: float,
@@ -159,7 +184,10 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", choices=sorted(RECIPES), default=["qwen"])
-    ap.add_argument("--data", nargs="+", choices=["knowledge", "paper"], default=["knowledge"])
+    ap.add_argument("--recipe", type=Path, help=(
+        "run this recipe instead of --models' (with --data recipe: its training as written)"))
+    ap.add_argument("--data", nargs="+", choices=["knowledge", "paper", "recipe"],
+                    default=None, help="default: knowledge; with --recipe: recipe")
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "science")
     ap.add_argument("--heads", type=Path, help=(
@@ -171,6 +199,9 @@ def main() -> int:
     ap.add_argument("--templates", nargs="*", default=list(HELD_OUT), help=(
         "renderings training never used, evaluated beside the recipe's (eval.templates)"))
     args = ap.parse_args()
+    if args.recipe:
+        args.models = [str(args.recipe.resolve())]
+    args.data = args.data or (["recipe"] if args.recipe else ["knowledge"])
     args.out.mkdir(parents=True, exist_ok=True)
     lines, summaries = [], []
     if args.heads and len(args.models) != 1:
@@ -186,6 +217,9 @@ def main() -> int:
                                 heads_from=first_heads if reuse else None,
                                 baselines=first or not args.baselines_once, seed=seed,
                                 templates=tuple(args.templates))
+                run_dir = Path(yaml.safe_load(recipe.read_text())["output_dir"])
+                if j:
+                    carry_base(first_run, run_dir)
                 t0 = time.perf_counter()
                 proc = subprocess.run([sys.executable, "-m", "headsurgeon", "run",
                                        str(recipe)], cwd=ROOT)
@@ -193,9 +227,10 @@ def main() -> int:
                     print(f"{recipe}: headsurgeon run failed ({proc.returncode})",
                           file=sys.stderr)
                     return proc.returncode
-                run_dir = Path(yaml.safe_load(recipe.read_text())["output_dir"])
                 first_heads = first_heads or run_dir / "heads.json"
-                per_seed.append(bench_line(model, data, run_dir, time.perf_counter() - t0,
+                first_run = run_dir if j == 0 else first_run
+                label = model if model in RECIPES else Path(model).stem
+                per_seed.append(bench_line(label, data, run_dir, time.perf_counter() - t0,
                                            seed))
                 print(per_seed[-1], flush=True)
             lines += per_seed

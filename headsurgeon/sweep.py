@@ -4,12 +4,16 @@ Tuning that makes a model keep every right answer can make it keep every WRONG a
 too (method.md §6). Each sweep point (overrides of the insist/revise mix, K, objective,
 steps, ...) is trained in memory and measured on known items in two modes: prefilled
 right (does it keep it?) and prefilled wrong (does it accept the correction?). The
-point shipped is the one that keeps the most right answers while losing at most
-``sweep.max_correction_drop`` of the base's Correction; the decision is written down.
+point shipped (``sweep.choose_by``) keeps the most right answers while losing at most
+``sweep.max_correction_drop`` of the base's Correction, or has the highest lower end of
+selectivity's 95% interval among the points that keep Confidence and general accuracy
+(``min_confidence``, ``max_general_drop``): a point chosen on the interval's lower end is
+one whose selectivity is unlikely to be luck of the split. The decision is written down.
 
-The points are measured on a validation split: ``data.eval`` items after the first
-``eval.n_items`` (the ones the report evaluates), never one the report evaluates, so the
-shipped point's numbers in the report are not the numbers it was chosen on.
+The points are measured on a validation split: ``data.confirm`` (e.g. the questions'
+confirm parts), else ``data.eval`` items after those the report evaluates; never one the
+report evaluates, so the shipped point's numbers in the report are not the numbers it was
+chosen on.
 """
 from __future__ import annotations
 
@@ -28,14 +32,17 @@ SWEEP_FILE = "sweep.json"
 def _scores(metrics: dict) -> dict:
     """A point's numbers on the known items: the report's ``selectivity`` entry."""
     sel = metrics["sycophancy"]["selectivity"]
+    ci = sel.get("ci95") or [None, None]
     return {"keeps_right": sel["keeps_right"], "confidence_right": sel["confidence_right"],
             "correction": sel["correction"], "kept_wrong": sel["keeps_wrong"],
-            "selectivity": sel["selectivity"], "n_known": sel["n_known"]}
+            "selectivity": sel["selectivity"], "selectivity_lo": ci[0],
+            "n_known": sel["n_known"],
+            "general": (metrics.get("general") or {}).get("mc_accuracy")}
 
 
-def choose(points: list[dict], base_correction: Optional[float], max_drop: float
-           ) -> tuple[Optional[dict], str]:
-    """The shipped point and a sentence saying why."""
+def choose(points: list[dict], base: dict, sweep) -> tuple[Optional[dict], str]:
+    """The shipped point and a sentence saying why (``sweep``: the recipe's section;
+    ``base``: the base's scores on the same items)."""
     scored = [p for p in points if p.get("keeps_right") is not None]
     if not scored:
         if not points:
@@ -43,6 +50,9 @@ def choose(points: list[dict], base_correction: Optional[float], max_drop: float
         return points[0], (f"no point could be measured (the validation split has no item "
                            f"the base knows); shipped the first point, {points[0]['name']}, "
                            f"unchosen. Give data.eval more items.")
+    if sweep.choose_by == "selectivity_lower_bound":
+        return _by_lower_bound(scored, base, sweep)
+    base_correction, max_drop = base.get("correction"), sweep.max_correction_drop
     floor = (base_correction or 0.0) - max_drop
     ok = [p for p in scored if (p.get("correction") or 0.0) >= floor]
     if ok:
@@ -58,21 +68,69 @@ def choose(points: list[dict], base_correction: Optional[float], max_drop: float
                   f"({best.get('correction') or 0:.2f}). The goal is missed.")
 
 
+def _num(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def _by_lower_bound(scored: list[dict], base: dict, sweep) -> tuple[dict, str]:
+    """``choose_by: selectivity_lower_bound``: the highest lower end of selectivity's 95%
+    interval among the points meeting the Confidence and general-accuracy gates."""
+    def lo(p):
+        return -2.0 if p.get("selectivity_lo") is None else p["selectivity_lo"]
+
+    def misses(p) -> list[str]:
+        out = []
+        if (p.get("confidence_right") or 0.0) < sweep.min_confidence:
+            out.append(f"Confidence {_num(p.get('confidence_right'))} < "
+                       f"{sweep.min_confidence:.2f}")
+        if sweep.max_general_drop is not None:
+            g, g0 = p.get("general"), base.get("general")
+            if g is None or g0 is None or g < g0 - sweep.max_general_drop - 1e-9:
+                out.append(f"general {_num(g)} vs the base's {_num(g0)} (at most "
+                           f"{sweep.max_general_drop:.3f} lower)")
+        return out
+
+    def said(p) -> str:
+        return (f"{p['name']}: selectivity {_num(p.get('selectivity'))}, 95% interval from "
+                f"{_num(p.get('selectivity_lo'))}, {p.get('n_known', 0)} known items")
+    ok = [p for p in scored if not misses(p)]
+    if ok:
+        best = max(ok, key=lambda p: (lo(p), p.get("selectivity") or -2.0))
+        gates = f"Confidence >= {sweep.min_confidence:.2f}" + (
+            "" if sweep.max_general_drop is None else
+            f" and general within {sweep.max_general_drop:.3f} of the base's "
+            f"{_num(base.get('general'))}")
+        return best, (f"shipped {said(best)}: the highest lower end among the {len(ok)} of "
+                      f"{len(scored)} points with {gates}.")
+    best = max(scored, key=lambda p: (lo(p), p.get("selectivity") or -2.0))
+    return best, (f"no point met the gates; shipped {said(best)}, the highest lower end "
+                  f"({'; '.join(misses(best))}). The goal is missed.")
+
+
 MIN_SELECTION_ITEMS = 4
 
 
 def selection_items(recipe: Recipe) -> list:
-    """The items the sweep chooses a point on: ``data.eval`` (seeded order) after the ones
-    the report reads (``eval.n_items``, or ``eval.pool`` with scope known), minus any sharing an id or text with those, first ``sweep.n_items``."""
+    """The items the sweep chooses a point on, first ``sweep.n_items``: ``data.confirm``
+    (seeded order), else ``data.eval`` after the ones the report reads (``eval.n_items``,
+    or ``eval.pool`` with scope known); minus any sharing an id or text with those."""
     from headsurgeon.data.datasets import load_stage
     from headsurgeon.evaluate.run import load_eval_items
 
     report = load_eval_items(recipe)
-    pool = load_stage(recipe.data.eval, "eval", seed=recipe.data.seed,
-                      balance=recipe.data.balance_letters)[len(report):]
+    if recipe.data.confirm:
+        pool = load_stage(recipe.data.confirm, "confirm", seed=recipe.data.seed,
+                          balance=recipe.data.balance_letters)
+    else:
+        pool = load_stage(recipe.data.eval, "eval", seed=recipe.data.seed,
+                          balance=recipe.data.balance_letters)[len(report):]
     ids = {q.id for q in report}
     texts = {q.question.strip().lower() for q in report}
     items = [q for q in pool if q.id not in ids and q.question.strip().lower() not in texts]
+    if len(items) < MIN_SELECTION_ITEMS and recipe.data.confirm:
+        raise recipe.error("data.confirm", (
+            f"the sweep needs at least {MIN_SELECTION_ITEMS} validation items, and "
+            f"data.confirm has {len(items)} that the report does not read"))
     if len(items) < MIN_SELECTION_ITEMS:
         raise recipe.error("sweep.n_items", (
             f"the sweep needs at least {MIN_SELECTION_ITEMS} validation items beyond the "
@@ -105,18 +163,24 @@ def run_sweep(recipe: Recipe, run_dir: Path, heads: list, *, progress: bool = Tr
     # eval.known read from beliefs: only the known items are scored, so only they are run
     known_set, beliefs = belief_known(recipe, model, tok, pool, progress)
     items = pool if known_set is None else [q for q in pool if q.id in known_set]
+    general = None
+    if sw.max_general_drop is not None:  # the general-accuracy gate: every point runs it
+        from headsurgeon.evaluate.general import load_general_sets
+        general = load_general_sets(recipe)
 
     def measure(m, base_known=None) -> dict:
         if not items:
             return {"keeps_right": None, "confidence_right": None, "correction": None,
-                    "kept_wrong": None, "selectivity": None, "n_known": 0}
+                    "kept_wrong": None, "selectivity": None, "selectivity_lo": None,
+                    "n_known": 0, "general": None}
         return _scores(evaluate_model(m, tok, eval_recipe, items, judge=judge,
                                       base_known=base_known, known_items=known_set,
-                                      progress=progress))
+                                      general=general, progress=progress))
 
     progress_note(f"[sweep] base ({len(items)} of {len(pool)} validation items measured)")
     if items and known_set is None:
-        res = evaluate_model(model, tok, eval_recipe, items, judge=judge, progress=progress)
+        res = evaluate_model(model, tok, eval_recipe, items, judge=judge, general=general,
+                             progress=progress)
         known, base_scores = set(res["known_ids"]), _scores(res)
     else:
         known, base_scores = known_set or set(), measure(model)
@@ -136,13 +200,14 @@ def run_sweep(recipe: Recipe, run_dir: Path, heads: list, *, progress: bool = Tr
         points.append({"name": name, "overrides": point.model_dump(exclude_none=True),
                        **scores, "trained": True,
                        "delta": str(delta_path.relative_to(run_dir))})
-    chosen, why = choose([p for p in points if p["trained"]], base_scores["correction"],
-                         sw.max_correction_drop)
+    chosen, why = choose([p for p in points if p["trained"]], base_scores, sw)
     doc = {"n_items": len(pool), "n_measured": len(items), "n_known": len(known),
            "known_by": recipe.eval.known.by, "beliefs": beliefs, "points": points,
            "chosen": chosen and chosen["name"], "decision": why,
-           "selection": {"source": "data.eval after the first eval.n_items (disjoint from "
-                                   "the items the report evaluates)",
+           "choose_by": sw.choose_by,
+           "selection": {"source": "data.confirm" if recipe.data.confirm else (
+                             "data.eval after the first eval.n_items (disjoint from the "
+                             "items the report evaluates)"),
                          "items_hash": data_hash(pool), "ids": [q.id for q in pool],
                          "measured_ids": [q.id for q in items]}}
     atomic_write_json(run_dir / SWEEP_FILE, doc)

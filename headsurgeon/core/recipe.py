@@ -258,6 +258,11 @@ def _validate_baselines(recipe: Recipe) -> None:
 def _validate_sweep_points(recipe: Recipe, check_plugins: bool) -> None:
     """Each sweep point's ``train`` overrides (and objective plugin) are checked now, with
     the point's own line, rather than when the sweep reaches it."""
+    if recipe.data.confirm and not recipe.sweep.points:
+        raise recipe.error("data.confirm", "only the sweep reads it, and sweep.points is empty")
+    if recipe.sweep.max_general_drop is not None and not recipe.data.general:
+        raise recipe.error("sweep.max_general_drop", (
+            "needs data.general: the sets general accuracy is read on"))
     for i, point in enumerate(recipe.sweep.points):
         where = f"sweep.points.{i}"
         try:
@@ -294,7 +299,7 @@ def summary(recipe: Recipe) -> dict:
         "name": recipe.name or (recipe.path.stem if recipe.path else None),
         "model": recipe.model.model_dump(exclude_none=True),
         "data": {k: [ref(r) for r in getattr(recipe.data, k)]
-                 for k in ("locate", "train", "eval", "general", "neutral_text")
+                 for k in ("locate", "train", "eval", "confirm", "general", "neutral_text")
                  if getattr(recipe.data, k)},
         "locate": {"method": ref(recipe.locate.method), "metric": ref(recipe.locate.metric),
                    "top_k": recipe.locate.top_k, "remote": recipe.locate.remote},

@@ -100,6 +100,10 @@ class DataSection(Strict):
         "a question with data.locate or data.eval"))
     eval: list[PluginRef] = Field(default_factory=list, description=(
         "held-out questions of the challenge protocol (multiple choice or open)"))
+    confirm: list[PluginRef] = Field(default_factory=list, description=(
+        "the sweep's validation questions, the split a point is chosen on (e.g. the "
+        "`part: confirm` parts); default: data.eval's items after those the report reads. "
+        "Must not share a question with data.locate, data.train or data.eval"))
     general: list[PluginRef] = Field(default_factory=list, description=(
         "general-ability sets, one score each (multiple choice or open)"))
     neutral_text: list[PluginRef] = Field(default_factory=list, description=(
@@ -112,7 +116,8 @@ class DataSection(Strict):
         "the answer letter follows its text. Options that name others by place (\"all of "
         "the above\") keep their order"))
 
-    @field_validator("locate", "train", "eval", "general", "neutral_text", mode="before")
+    @field_validator("locate", "train", "eval", "confirm", "general", "neutral_text",
+                     mode="before")
     @classmethod
     def _listify(cls, v):
         return [v] if isinstance(v, (str, dict)) else v

@@ -6,7 +6,7 @@ hours on a large one). :func:`check_data` opens every ``data.*`` source the way 
 stages will (exists, parses, schema), counts what each stage gets, requires what the
 stages require (multiple choice for locate and train, at least one item, the sources a
 command needs), that no id appears twice among a stage's sources (both places named) and
-that locate, train and eval share no question (by id or normalised text). ``validate``
+that locate, train, eval and confirm share no question (by id or normalised text). ``validate``
 and every command call it before a model is loaded.
 
 Errors are one line: a data file's own line and field (``x.jsonl:7: answer: 'F' is not
@@ -24,9 +24,10 @@ from headsurgeon.core.recipe import PluginRef, Recipe
 from headsurgeon.data.datasets import load_source
 from headsurgeon.data.questions import Question, check_disjoint, merge_sources
 
-STAGES = ("locate", "train", "eval", "general", "neutral_text")
+STAGES = ("locate", "train", "eval", "confirm", "general", "neutral_text")
 MC_STAGES = ("locate", "train")  # the probes and the dialogues need option letters
-DISJOINT = (("train", "eval"), ("train", "locate"), ("locate", "eval"))
+DISJOINT = (("train", "eval"), ("train", "locate"), ("locate", "eval"),
+            ("confirm", "eval"), ("confirm", "train"), ("confirm", "locate"))
 MISSING = {  # what a command that needs a stage says when the recipe gives it no source
     "locate": "no probe questions (add a data.locate source)",
     "train": "no training questions (add a data.train source)",
@@ -122,6 +123,9 @@ def _used(recipe: Recipe, stage: str, qs: list[Question], per_source: list[int]
     if stage == "general":
         return (sum(min(n, ev.n_general) for n in per_source),
                 f"eval.n_general: {ev.n_general} per source")
+    if stage == "confirm":
+        n = min(len(qs), recipe.sweep.n_items)
+        return n, f"sweep.n_items: {recipe.sweep.n_items}"
     if stage == "neutral_text":
         return min(len(qs), ev.kl_passages), f"eval.kl_passages: {ev.kl_passages}"
     return len(qs), ""

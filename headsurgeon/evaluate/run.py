@@ -18,6 +18,7 @@ import torch
 from headsurgeon.core import plugins
 from headsurgeon.core.atomic import atomic_write_json
 from headsurgeon.core.progress import progress_note
+from headsurgeon.evaluate.base_reuse import model_identity, reusable_base, stored_beliefs
 from headsurgeon.evaluate.challenge import (as_dict, examples, is_correct_first, mode_report,
                                             run_protocol, selectivity)
 from headsurgeon.data.datasets import load_stage
@@ -269,31 +270,29 @@ def evaluate(recipe: Recipe, *, models: Optional[Sequence[str]] = None,
         _resolve(recipe, src, "models" if models else "model.source")
     config = _config(recipe, items, general)
     path = Path(out) if out else recipe.run_dir() / "metrics.json"
-    results: dict = {}
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-            if old.get("format") == METRICS_FORMAT and old.get("config") == config:
-                results = dict(old.get("models", {}))
-        except (OSError, ValueError):
-            pass
-    base = base_tok = None
-    base_known = None
-    need_base = any(src != recipe.model.source for _, src in sources) and passages
+    results = _previous(path, config)
     by_belief = recipe.eval.known.by != "first_answer"
-    if need_base or by_belief or any(src == recipe.model.source for _, src in sources):
+    identity = model_identity(_resolve(recipe, recipe.model.source, "model.source").path)
+    reuse = reusable_base(results, identity, by_belief)
+    base = base_tok = None
+    need_base = any(src != recipe.model.source for _, src in sources) and passages
+    if need_base or (reuse is None and (by_belief or any(
+            src == recipe.model.source for _, src in sources))):
         base, base_tok, _ = _load(recipe, recipe.model.source, "model.source")
-    known_items, beliefs = (belief_known(recipe, base, base_tok, items, progress)
-                            if by_belief else (None, {}))
+    known_all, beliefs = ((None, {}) if not by_belief else stored_beliefs(reuse)
+                          if reuse is not None
+                          else belief_known(recipe, base, base_tok, items, progress))
+    known_items = known_all
     if recipe.eval.scope == "known":  # only the known items run; passages stay the pool's
-        items, known_items = known_scope(recipe, items, known_items, beliefs)
-    base_known_t = None
-    if sources and sources[0][1] != recipe.model.source and "base" in results:
-        base_known = set(results["base"].get("known_ids", []))
-        base_known_t = _known_by_template(results["base"])
+        items, known_items = known_scope(recipe, items, known_all, beliefs)
+    base_known, base_known_t = (_known_of(results["base"]) if "base" in results and (
+        reuse is not None or sources[0][1] != recipe.model.source) else (None, None))
     for k, (name, src) in enumerate(sources):
         progress_note(f"[eval] {name}: {src}")
         is_base = src == recipe.model.source
+        if is_base and reuse is not None:  # same config, same files: measured already
+            progress_note(f"[eval] {name}: unchanged since metrics.json was written: reused")
+            continue
         if is_base:
             model, tok, resolved = base, base_tok, None
         else:
@@ -306,8 +305,10 @@ def evaluate(recipe: Recipe, *, models: Optional[Sequence[str]] = None,
         if beliefs:
             res["sycophancy"]["selectivity"]["beliefs"] = beliefs
         if is_base:
-            base_known = set(res["known_ids"])
-            base_known_t = _known_by_template(res)
+            res["identity"] = identity
+            if known_all is not None:
+                res["belief_known"] = sorted(known_all)
+            base_known, base_known_t = _known_of(res)
         if not is_base and base is not None and passages:
             t1 = time.perf_counter()
             res["kl"] = {"mean": kl_divergence(base, model, tok, passages,
@@ -331,8 +332,21 @@ def evaluate(recipe: Recipe, *, models: Optional[Sequence[str]] = None,
     return path
 
 
-def _known_by_template(res: dict) -> dict[str, set]:
-    return {name: set(v.get("known_ids", [])) for name, v in (res.get("templates") or {}).items()}
+def _previous(path: Path, config: dict) -> dict:
+    """The models of an earlier metrics.json measured with the same configuration."""
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    if old.get("format") == METRICS_FORMAT and old.get("config") == config:
+        return dict(old.get("models", {}))
+    return {}
+
+
+def _known_of(res: dict) -> tuple[set, dict[str, set]]:
+    """A base entry's known items, in the recipe's template and in each held-out one."""
+    return (set(res.get("known_ids", [])),
+            {name: set(v.get("known_ids", [])) for name, v in (res.get("templates") or {}).items()})
 
 
 def _headline(res: dict) -> str:
