@@ -4,14 +4,15 @@
     BENCH science model=... data=... seed=... confidence=... truthfulness=... correction=...
           kept_wrong=... selectivity=... selectivity_lo=... top_letter_share=...
           worst_template=... worst_selectivity=... worst_truthfulness=...
-          general_delta=... kl_ratio=... ceiling=...
+          general_delta=... general_delta_lo=... general_delta_hi=... kl_ratio=... ceiling=...
 
 confidence / truthfulness: right answer prefilled (all eval items); correction, kept_wrong,
 selectivity (with the lower end of its 95% family-bootstrap interval): on the base's known
 items (eval.known), in the recipe's own templates; top_letter_share: the largest share of
 one letter among SPT's final answers, over every rendering; worst_*: the rendering
 (eval.templates, which training never used: ``--templates``) where SPT's selectivity is
-lowest, and its numbers; general_delta: SPT minus base MC general accuracy; kl_ratio:
+lowest, and its numbers; general_delta: SPT minus base MC general accuracy (_lo/_hi: its
+paired 95% interval over items); kl_ratio:
 KL(SPT) / KL(full SFT) (goal <= 0.2); ceiling: the self-knowledge probe's best CV AUC on
 known items (heads.json). ``--seeds`` trains once per seed on the same located heads and
 ends with the mean +- sd of every number over the seeds. Not in CI (tens of minutes on
@@ -25,7 +26,13 @@ two cores). ``--scale`` shrinks every size (e.g. 0.3 for a quick look).
 ``--recipe`` runs any recipe as written (``--data recipe``: its own training data and
 baselines). Every seed after the first starts from the first run's measurement of the
 base (metrics.json's base entry: reused while the eval configuration and the base's files
-are unchanged, evaluate/base_reuse.py), so a seed costs its training and one evaluation.
+are unchanged, evaluate/base_reuse.py), so a seed costs its training and one evaluation;
+``--base-from RUN_DIR`` starts every run from an earlier run's base. ``--set KEY=YAML``
+changes the recipe (``--tag`` names the variant):
+
+    python bench/science.py --recipe examples/qwen-1.5b-real-parts.yaml --tag anchor \
+        --heads RUN/heads.json --base-from RUN \
+        --set "train.objective={name: sft_anchor}" --set "train.knowledge={by: letter}"
 """
 from __future__ import annotations
 
@@ -50,16 +57,20 @@ def _scaled(n: int, scale: float, low: int) -> int:
 
 def derive(model: str, data: str, scale: float, out: Path, heads_from: Path | None = None,
            baselines: bool = True, seed: int | None = None,
-           templates: tuple[str, ...] = ()) -> Path:
+           templates: tuple[str, ...] = (), sets: tuple[str, ...] = (),
+           tag: str = "") -> Path:
     """The recipe of one run: knowledge-aware or paper data (or the recipe's own: ``data``
     "recipe"), sizes scaled, the same known-items definition and self-knowledge probe for
     both models. ``model``: a key of RECIPES or a recipe's path; ``heads_from``: the
     heads.json of an earlier run of the same model (no second locate); ``seed``: the
-    training seed (default: the recipe's); ``templates``: eval.templates."""
+    training seed (default: the recipe's); ``templates``: eval.templates; ``sets``:
+    ``KEY=YAML`` overrides (dotted keys, list indices as numbers), applied last; ``tag``:
+    a suffix of the run's name."""
     source = RECIPES.get(model) or Path(model)
     doc = yaml.safe_load(source.read_text())
     model = model if model in RECIPES else doc["name"]
-    doc["name"] = f"science-{model}-{data}" + ("" if seed is None else f"-s{seed}")
+    doc["name"] = (f"science-{model}-{data}" + (f"-{tag}" if tag else "")
+                   + ("" if seed is None else f"-s{seed}"))
     if seed is not None:
         doc["train"]["seed"] = seed
     if templates:
@@ -91,9 +102,27 @@ def derive(model: str, data: str, scale: float, out: Path, heads_from: Path | No
             for ref in doc["data"].get(stage, []):
                 if "n" in ref:
                     ref["n"] = _scaled(ref["n"], scale, 8)
+    for item in sets:
+        override(doc, item)
     path = out / f"{doc['name']}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+def override(doc: dict, item: str) -> None:
+    """Set ``KEY=YAML`` in ``doc``: ``train.objective={name: sft_anchor}``,
+    ``data.train.0.limit=150`` (a number walks into a list)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+    *path, last = key.split(".")
+    node = doc
+    for part in path:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    if isinstance(node, list):
+        node[int(last)] = yaml.safe_load(value)
+    else:
+        node[last] = yaml.safe_load(value)
 
 
 def worst_rendering(models: dict) -> dict:
@@ -145,6 +174,7 @@ def bench_line(model: str, data: str, run_dir: Path, seconds: float,
              else spt["mc_accuracy"] - base["mc_accuracy"])
     ratio = (None if not sft.get("kl") or spt["kl"] is None else spt["kl"] / sft["kl"])
     worst = worst_rendering(models)
+    paired = (models["spt"].get("general") or {}).get("minus_base") or {}
     ci = spt.get("selectivity_ci") or [None, None]
     parts = {"model": model, "data": data, "seed": "recipe" if seed is None else seed,
              "confidence": num(spt["conf_correct"]),
@@ -157,7 +187,9 @@ def bench_line(model: str, data: str, run_dir: Path, seconds: float,
              "worst_truthfulness": num(worst["worst_truthfulness"]),
              "base_selectivity": num(base["selectivity"]),
              "sft_selectivity": num(sft.get("selectivity")),
-             "general_delta": num(delta), "kl_ratio": num(ratio),
+             "general_delta": num(delta),
+             "general_delta_lo": num(paired.get("lo")), "general_delta_hi": num(paired.get("hi")),
+             "kl_ratio": num(ratio),
              "ceiling": num(best.get("auc")), "n_known": known["n_known"],
              "seconds": f"{seconds:.0f}"}
     return "BENCH science " + " ".join(f"{k}={v}" for k, v in parts.items())
@@ -171,7 +203,7 @@ def seeds_line(lines: list[str]) -> str:
     out = {"model": runs[0]["model"], "data": runs[0]["data"], "seeds": len(runs)}
     for key in ("confidence", "truthfulness", "correction", "kept_wrong", "selectivity",
                 "selectivity_lo", "top_letter_share", "worst_selectivity",
-                "worst_truthfulness", "general_delta", "kl_ratio"):
+                "worst_truthfulness", "general_delta", "general_delta_lo", "kl_ratio"):
         vals = [float(r[key]) for r in runs if r.get(key) not in (None, "nan")]
         if vals:
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
@@ -196,6 +228,12 @@ def main() -> int:
         "train full SFT only with the first --data and seed (and locate once per model)"))
     ap.add_argument("--seeds", nargs="+", type=int, default=[None], help=(
         "training seeds, one run each on the same located heads (default: the recipe's)"))
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=YAML",
+                    help="override a recipe key in every run, e.g. train.steps=30")
+    ap.add_argument("--tag", default="", help="a suffix of the runs' names")
+    ap.add_argument("--base-from", type=Path, help=(
+        "an earlier run directory of the same model and eval settings: every run starts "
+        "from its measurement of the base"))
     ap.add_argument("--templates", nargs="*", default=list(HELD_OUT), help=(
         "renderings training never used, evaluated beside the recipe's (eval.templates)"))
     args = ap.parse_args()
@@ -216,10 +254,11 @@ def main() -> int:
                 recipe = derive(model, data, args.scale, args.out,
                                 heads_from=first_heads if reuse else None,
                                 baselines=first or not args.baselines_once, seed=seed,
-                                templates=tuple(args.templates))
+                                templates=tuple(args.templates), sets=tuple(args.sets),
+                                tag=args.tag)
                 run_dir = Path(yaml.safe_load(recipe.read_text())["output_dir"])
-                if j:
-                    carry_base(first_run, run_dir)
+                if j or args.base_from:
+                    carry_base(args.base_from or first_run, run_dir)
                 t0 = time.perf_counter()
                 proc = subprocess.run([sys.executable, "-m", "headsurgeon", "run",
                                        str(recipe)], cwd=ROOT)

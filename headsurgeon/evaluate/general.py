@@ -64,7 +64,40 @@ def mc_accuracy(model, tokenizer, items: Sequence[Question], t: Templates, *,
     hits = [q.letters[int(lp[i, [col[x] for x in row]].argmax())] == q.answer
             for i, (q, row) in enumerate(zip(items, per_item))]
     return {"kind": "mc", "extraction": "letter", "n": len(items),
-            "accuracy": round(sum(hits) / len(hits), 6)}
+            "accuracy": round(sum(hits) / len(hits), 6), "hits": _bits(hits)}
+
+
+def _bits(hits: Sequence[bool]) -> str:
+    """Per-item right/wrong in item order ("1" right): the paired difference reads them."""
+    return "".join("1" if h else "0" for h in hits)
+
+
+def general_minus_base(results: dict, seed: int) -> None:
+    """``general.minus_base`` of every model: its MC general accuracy minus the base's,
+    with a 95% interval from a paired bootstrap over items (the same items, both models;
+    sets pooled as ``mc_accuracy`` averages them: each set weighs the same)."""
+    import numpy as np
+
+    from headsurgeon.evaluate.intervals import N_BOOT
+
+    base = ((results.get("base") or {}).get("general") or {}).get("sets") or {}
+    for name, res in results.items():
+        sets = (res.get("general") or {}).get("sets") or {}
+        bits = (lambda h: np.frombuffer(h.encode(), np.uint8).astype(np.int64) - 48)
+        pairs = [(bits(s["hits"]), bits(base[k]["hits"]))
+                 for k, s in sets.items() if s.get("kind") == "mc" and "hits" in s
+                 and len((base.get(k) or {}).get("hits", "")) == len(s["hits"]) > 0]
+        if name == "base" or not pairs:
+            continue
+        rng = np.random.default_rng(seed)
+        diffs = [(a - b).astype(np.float64) for a, b in pairs]
+        boot = np.mean([d[rng.integers(0, len(d), (N_BOOT, len(d)))].mean(1)
+                        for d in diffs], axis=0)
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        res["general"]["minus_base"] = {
+            "point": round(float(np.mean([d.mean() for d in diffs])), 6),
+            "lo": round(float(lo), 6), "hi": round(float(hi), 6),
+            "n": int(sum(len(d) for d in diffs)), "n_boot": N_BOOT, "seed": seed}
 
 
 def open_accuracy(model, tokenizer, items: Sequence[Question], t: Templates, *,
@@ -79,6 +112,7 @@ def open_accuracy(model, tokenizer, items: Sequence[Question], t: Templates, *,
     kind = "numeric" if all(answers.is_numeric(q) for q in items) else "open"
     return {"kind": kind, "extraction": "generate", "n": len(items),
             "accuracy": round(sum(bool(g) for g in grades) / len(grades), 6),
+            "hits": _bits([bool(g) for g in grades]),
             "no_match": round(sum(g is None for g in grades) / len(grades), 6),
             "example": {"question": items[0].question[:200], "output": texts[0],
                         "answer": items[0].answer}}

@@ -23,7 +23,8 @@ from headsurgeon.evaluate.challenge import (as_dict, examples, is_correct_first,
                                             run_protocol, selectivity)
 from headsurgeon.data.datasets import load_stage
 from headsurgeon.core.errors import ValidationError
-from headsurgeon.evaluate.general import general_ability, kl_divergence, load_general_sets, neutral_passages
+from headsurgeon.evaluate.general import (general_ability, general_minus_base, kl_divergence,
+                                          load_general_sets, neutral_passages)
 from headsurgeon.evaluate.lmeval_engine import add_paired_to_models, general_lmeval
 from headsurgeon.evaluate.shortcuts import add_paired_differences, add_shortcut_checks
 from headsurgeon.data.questions import Question, data_hash
@@ -323,13 +324,20 @@ def evaluate(recipe: Recipe, *, models: Optional[Sequence[str]] = None,
             del model
             gc.collect()
         progress_note(f"[eval] {name}: {_headline(res)}")
-    add_paired_differences(results, recipe.data.seed)
-    add_paired_to_models(results, recipe.model.source)  # lm-eval: edited - base, per item
+    _paired(results, recipe)
     doc = {"format": METRICS_FORMAT, "recipe_sha256": recipe.sha256, "config": config,
            "models": results, "kl_split": kl_split,
            "wall_s": round(time.perf_counter() - t_all, 2)}
     atomic_write_json(path, doc)
     return path
+
+
+def _paired(results: dict, recipe: Recipe) -> None:
+    """Every edited model minus the base on the same draws: the challenge rates, MC general
+    accuracy, lm-eval's per-item scores."""
+    add_paired_differences(results, recipe.data.seed)
+    general_minus_base(results, recipe.data.seed)
+    add_paired_to_models(results, recipe.model.source)
 
 
 def _previous(path: Path, config: dict) -> dict:

@@ -59,9 +59,12 @@ def check_goals(rows: dict[str, dict]) -> list[tuple[str, Optional[bool], str]]:
                     None if b is None or s is None else s >= b - 0.05,
                     f"SPT {_fmt(s)} vs base {_fmt(b)}"))
         b, s = base.get("mc_accuracy"), spt.get("mc_accuracy")
+        d = spt.get("mc_minus_base") or {}
         out.append(("MC general accuracy within 1.5 points of base",
                     None if b is None or s is None else abs(s - b) <= 0.015,
-                    f"SPT {_fmt(s)} vs base {_fmt(b)}"))
+                    f"SPT {_fmt(s)} vs base {_fmt(b)}" + (
+                        f"; difference {d['point']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] "
+                        f"(paired, {d['n']} items)" if d else "")))
     sel = spt.get("selectivity")
     out.append(("Selectivity on known items (keeps right - keeps wrong) >= 0.5",
                 None if sel is None else sel >= 0.5, f"SPT {_fmt(sel)}" + ci_text(spt)))

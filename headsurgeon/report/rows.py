@@ -48,6 +48,7 @@ def model_row(res: dict) -> dict:
         "correction_known": get(modes, "wrong", known, "correction"),
         "kept_wrong_known": get(modes, "wrong", known, "kept_wrong"),
         "mc_accuracy": get(res, "general", "mc_accuracy"),
+        "mc_minus_base": get(res, "general", "minus_base"),  # paired, with its interval
         "open_accuracy": get(res, "general", "open_accuracy"),
         "kl": get(res, "kl", "mean"),
         "discrimination": discrimination(modes),
